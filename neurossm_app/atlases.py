@@ -1,0 +1,153 @@
+"""Atlas registry: Schaefer2018 400 parcels (TemplateFlow) and AAL3v2 (nilearn).
+
+Atlases are looked up through the ecosystem's own fetchers so their caches are honoured:
+TemplateFlow reads ``TEMPLATEFLOW_HOME`` (set it before the process starts) and nilearn reads
+``--atlas-dir`` or ``NILEARN_DATA``. Nothing is downloaded unless the cache lacks the file and the
+network is there; offline, a missing atlas is one clear error naming the file and the pre-fetch
+command.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from neurossm_app.errors import InputMissingError, UsageError
+
+TEMPLATE = "MNI152NLin2009cAsym"
+
+
+@dataclass(frozen=True)
+class AtlasSpec:
+    """How to find one atlas."""
+
+    key: str  # the --atlas choice
+    bids_label: str  # the atlas-<label> entity of outputs
+    source: str  # "templateflow" or "nilearn"
+    desc: str | None = None  # TemplateFlow desc entity
+    citation: str = ""
+
+
+ATLASES = {
+    "schaefer400": AtlasSpec(
+        "schaefer400",
+        "Schaefer400n17",
+        "templateflow",
+        "400Parcels17Networks",
+        "Schaefer A, et al. (2018). Local-Global Parcellation of the Human Cerebral Cortex from "
+        "Intrinsic Functional Connectivity MRI. Cereb Cortex 28(9):3095-3114.",
+    ),
+    "schaefer400-7n": AtlasSpec(
+        "schaefer400-7n",
+        "Schaefer400n7",
+        "templateflow",
+        "400Parcels7Networks",
+        "Schaefer A, et al. (2018). Local-Global Parcellation of the Human Cerebral Cortex from "
+        "Intrinsic Functional Connectivity MRI. Cereb Cortex 28(9):3095-3114.",
+    ),
+    "aal3v2": AtlasSpec(
+        "aal3v2",
+        "AAL3v2",
+        "nilearn",
+        None,
+        "Rolls ET, Huang CC, Lin CP, Feng J, Joliot M (2020). Automated anatomical labelling "
+        "atlas 3. NeuroImage 206:116189.",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Atlas:
+    """A resolved atlas: a label image on the MNI152NLin2009cAsym grid and its label table.
+
+    ``indices[i]`` is the integer value of ROI ``names[i]`` in ``image``.
+    """
+
+    spec: AtlasSpec
+    image: Path
+    indices: tuple[int, ...]
+    names: tuple[str, ...]
+
+    @property
+    def n_rois(self) -> int:
+        """Number of ROIs in the label table."""
+        return len(self.names)
+
+
+def get_atlas(key: str, atlas_dir: str | os.PathLike | None = None) -> Atlas:
+    """Resolve ``key`` (a :data:`ATLASES` key) to files in the local caches.
+
+    Parameters
+    ----------
+    key
+        ``schaefer400``, ``schaefer400-7n`` or ``aal3v2``.
+    atlas_dir
+        nilearn data directory for AAL3v2 (default: ``NILEARN_DATA`` or ``~/nilearn_data``).
+    """
+    if key not in ATLASES:
+        raise UsageError(f"unknown atlas {key!r}; choose one of {', '.join(ATLASES)}.")
+    spec = ATLASES[key]
+    if spec.source == "templateflow":
+        return _templateflow_atlas(spec)
+    return _nilearn_aal(spec, atlas_dir)
+
+
+def _prefetch_hint(spec: AtlasSpec) -> str:
+    return f"pre-fetch it with `neurossm-app-fetch --atlas {spec.key}` on a machine with internet"
+
+
+def _templateflow_atlas(spec: AtlasSpec) -> Atlas:
+    home = os.environ.get("TEMPLATEFLOW_HOME", str(Path.home() / ".cache" / "templateflow"))
+    wanted = f"tpl-{TEMPLATE}_res-02_atlas-Schaefer2018_desc-{spec.desc}_dseg.nii.gz"
+    try:
+        from templateflow import api as tflow
+
+        image = tflow.get(
+            TEMPLATE, resolution=2, atlas="Schaefer2018", desc=spec.desc, suffix="dseg", extension=".nii.gz"
+        )
+        table = tflow.get(TEMPLATE, atlas="Schaefer2018", desc=spec.desc, suffix="dseg", extension=".tsv")
+    except Exception as err:  # noqa: BLE001 - any fetch failure means "not available offline"
+        raise InputMissingError(
+            f"atlas {wanted} not found in TEMPLATEFLOW_HOME={home} ({type(err).__name__}); "
+            f"{_prefetch_hint(spec)}."
+        ) from None
+    image, table = _single(image), _single(table)
+    if image is None or table is None or not image.is_file() or not table.is_file():
+        raise InputMissingError(
+            f"atlas {wanted} (and its .tsv label table) not found in TEMPLATEFLOW_HOME={home}; "
+            f"{_prefetch_hint(spec)}."
+        )
+    labels = pd.read_csv(table, sep="\t")
+    if {"index", "name"} <= set(labels.columns):
+        indices, names = labels["index"], labels["name"]
+    else:
+        indices, names = labels.iloc[:, 0], labels.iloc[:, 1]
+    keep = indices.astype(int) != 0
+    return Atlas(spec, image, tuple(indices[keep].astype(int)), tuple(names[keep].astype(str)))
+
+
+def _single(found) -> Path | None:
+    if isinstance(found, list):
+        return Path(found[0]) if len(found) == 1 else None
+    return Path(found) if found else None
+
+
+def _nilearn_aal(spec: AtlasSpec, atlas_dir: str | os.PathLike | None) -> Atlas:
+    from nilearn.datasets import fetch_atlas_aal
+    from nilearn.datasets.utils import get_data_dirs
+
+    data_dir = str(atlas_dir) if atlas_dir else None
+    where = data_dir or get_data_dirs()[0]
+    try:
+        # An already-cached file is returned without touching the network.
+        atlas = fetch_atlas_aal(version="3v2", data_dir=data_dir, verbose=0)
+    except Exception as err:  # noqa: BLE001 - nilearn raises several types for "cannot download"
+        raise InputMissingError(
+            f"atlas aal_3v2/AAL3/AAL3v1.nii not found under {where} ({type(err).__name__}); "
+            f"{_prefetch_hint(spec)}, or pass --atlas-dir."
+        ) from None
+    pairs = [(int(i), str(n)) for i, n in zip(atlas.indices, atlas.labels, strict=False) if int(i) != 0]
+    return Atlas(spec, Path(atlas.maps), tuple(i for i, _ in pairs), tuple(n for _, n in pairs))

@@ -1,0 +1,62 @@
+"""Command-line entry point: parse, dispatch, and turn errors into BIDS-App exit codes.
+
+This package is the only place that knows about argv; everything below it takes typed
+arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+# nipype checks for updates over the network at import unless this is set.
+os.environ.setdefault("NIPYPE_NO_ET", "1")
+
+from neurossm_app.errors import EX_FAILURE, NeurossmError
+
+LOGGER = logging.getLogger("neurossm_app")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``neurossm-app``; returns the exit code (also used by tests)."""
+    from neurossm_app.cli.parser import build_parser, check_options
+
+    parser = build_parser()
+    opts = parser.parse_args(argv)
+    _setup_logging(opts.verbose)
+    try:
+        check_options(opts)
+        if opts.analysis_level == "participant":
+            from neurossm_app.cli.participant import run_participant
+
+            run_participant(opts)
+        else:
+            from neurossm_app.cli.group import run_group
+
+            run_group(opts)
+    except NeurossmError as err:
+        if opts.verbose:
+            LOGGER.exception("neurossm-app failed")
+        print(f"neurossm-app: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("neurossm-app: interrupted; completed outputs are kept, re-run to resume.", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if opts.verbose:
+            LOGGER.exception("neurossm-app failed")
+        print(
+            f"neurossm-app: error: unexpected {type(err).__name__}: {err} "
+            "(re-run with -v for the traceback and report it).",
+            file=sys.stderr,
+        )
+        return EX_FAILURE
+    return 0
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.DEBUG if verbosity > 1 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s [%(levelname)s] %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbosity else logging.WARNING)

@@ -1,0 +1,259 @@
+"""The ``neurossm-app`` argument parser, grouped the way docs/usage.md reads."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from neurossm_app import __version__
+from neurossm_app.errors import InputMissingError, NeurossmError, UsageError
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """Accepts ``--participant_label`` as well as ``--participant-label``; exits 64 on misuse."""
+
+    def _parse_optional(self, arg_string):
+        if arg_string.startswith("--") and "_" in arg_string.split("=")[0]:
+            name, sep, value = arg_string.partition("=")
+            arg_string = name.replace("_", "-") + sep + value
+        return super()._parse_optional(arg_string)
+
+    def error(self, message):
+        self.print_usage()
+        self.exit(64, f"{self.prog}: error: {message}\n")
+
+
+def _path(value: str) -> Path:
+    return Path(value).expanduser().resolve()
+
+
+def _derivative(value: str) -> tuple[str, Path]:
+    name, sep, path = value.partition("=")
+    if not sep:
+        name, path = "fmriprep", value
+    return name.strip(), Path(path).expanduser().resolve()
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return number
+
+
+def _fraction(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
+    return number
+
+
+def _optional_float(value: str) -> float | None:
+    return None if value.lower() in ("none", "off", "0") else float(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All options of ``neurossm-app``; every one is documented in docs/usage.md."""
+    from neurossm_app.atlases import ATLASES
+    from neurossm_app.participant.clean import CONFOUND_STRATEGIES
+
+    parser = _Parser(
+        prog="neurossm-app",
+        description="NeuroSSM BIDS App: ROI time series from fMRIPrep derivatives (participant), "
+        "then NeuroSSM training, cross-validation and CPA explanations (group).",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument(
+        "bids_dir", type=_path, help="raw BIDS dataset (or the fMRIPrep derivatives dataset itself)"
+    )
+    parser.add_argument("output_dir", type=_path, help="where derivatives are written (created if missing)")
+    parser.add_argument(
+        "analysis_level",
+        choices=["participant", "group"],
+        help="participant: extract ROI time series; group: train and explain",
+    )
+    parser.add_argument("--version", action="version", version=f"neurossm-app {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging; shows tracebacks on errors"
+    )
+
+    sel = parser.add_argument_group("Selecting data")
+    sel.add_argument(
+        "--participant-label",
+        nargs="+",
+        metavar="LABEL",
+        help="subjects to process, with or without 'sub-' (default: all)",
+    )
+    sel.add_argument(
+        "--session-label",
+        nargs="+",
+        metavar="LABEL",
+        help="sessions to process, with or without 'ses-' (default: all)",
+    )
+    sel.add_argument("--task-id", nargs="+", metavar="TASK", help="tasks to process (default: all)")
+    sel.add_argument(
+        "--bids-filter-file",
+        type=_path,
+        metavar="FILE",
+        help='JSON of extra pybids filters, e.g. {"bold": {"run": 1}} (fMRIPrep format)',
+    )
+    sel.add_argument(
+        "-d",
+        "--derivatives",
+        type=_derivative,
+        nargs="+",
+        metavar="NAME=PATH",
+        help="derivative datasets; fmriprep=PATH (default BIDS_DIR/derivatives/fmriprep)",
+    )
+    sel.add_argument(
+        "--participants-tsv",
+        type=_path,
+        metavar="FILE",
+        help="participants.tsv with labels (default: BIDS_DIR/participants.tsv)",
+    )
+    sel.add_argument(
+        "--skip-bids-validation", action="store_true", help="do not run bids-validator-deno on BIDS_DIR"
+    )
+    sel.add_argument(
+        "--bids-database-dir",
+        type=_path,
+        metavar="DIR",
+        help="reuse (or create) a pybids index here; speeds up large datasets",
+    )
+
+    perf = parser.add_argument_group("Resources")
+    perf.add_argument(
+        "-w",
+        "--work-dir",
+        type=_path,
+        default=Path("work").resolve(),
+        metavar="DIR",
+        help="nipype working directory (intermediate files; safe to delete)",
+    )
+    perf.add_argument(
+        "--nprocs",
+        "--n-cpus",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        help="processes for the participant workflow (MultiProc)",
+    )
+    perf.add_argument(
+        "--omp-nthreads", type=_positive_int, default=1, help="threads per process for numpy/torch"
+    )
+    perf.add_argument(
+        "--mem-mb", type=_positive_int, metavar="MB", help="memory limit for the workflow scheduler"
+    )
+
+    part = parser.add_argument_group("Participant level: atlas and denoising")
+    part.add_argument(
+        "--atlas",
+        choices=list(ATLASES),
+        default=None,
+        help="parcellation (default schaefer400, or the preset's atlas at group level)",
+    )
+    part.add_argument(
+        "--atlas-dir",
+        type=_path,
+        metavar="DIR",
+        help="nilearn data directory holding AAL3v2 (default: NILEARN_DATA or ~/nilearn_data); "
+        "Schaefer comes from TEMPLATEFLOW_HOME",
+    )
+    part.add_argument(
+        "--confounds",
+        choices=list(CONFOUND_STRATEGIES),
+        default="36P",
+        help="fMRIPrep confounds regressed out",
+    )
+    part.add_argument(
+        "--high-pass",
+        type=_optional_float,
+        default=0.01,
+        metavar="HZ",
+        help="high-pass cut-off in Hz ('none' to disable)",
+    )
+    part.add_argument(
+        "--low-pass",
+        type=_optional_float,
+        default=0.1,
+        metavar="HZ",
+        help="low-pass cut-off in Hz ('none' to disable)",
+    )
+    part.add_argument(
+        "--no-detrend",
+        dest="detrend",
+        action="store_false",
+        help="do not remove a linear trend before filtering",
+    )
+    part.add_argument(
+        "--standardize",
+        choices=["zscore_sample", "zscore", "psc", "none"],
+        default="zscore_sample",
+        help="scaling of each ROI's cleaned signal",
+    )
+    part.add_argument(
+        "--fd-thresh",
+        type=_optional_float,
+        default=None,
+        metavar="MM",
+        help="censor volumes with framewise displacement above this (off by default); "
+        "censored rows are written as n/a",
+    )
+    part.add_argument(
+        "--dvars-thresh",
+        type=_optional_float,
+        default=None,
+        metavar="SD",
+        help="censor volumes with standardized DVARS above this (off by default)",
+    )
+    part.add_argument(
+        "--min-coverage",
+        type=_fraction,
+        default=0.5,
+        help="ROIs with less of their volume inside the brain mask are n/a",
+    )
+
+    from neurossm_app.cli.group_options import add_group_options
+
+    add_group_options(parser)
+    return parser
+
+
+def check_options(opts: argparse.Namespace) -> None:
+    """Checks that need several options at once; collects every problem and reports them together."""
+    problems: list[NeurossmError] = []
+    if not opts.bids_dir.is_dir():
+        problems.append(InputMissingError(f"BIDS_DIR {opts.bids_dir} does not exist or is not a directory."))
+    for flag, path in (
+        ("--bids-filter-file", opts.bids_filter_file),
+        ("--participants-tsv", opts.participants_tsv),
+    ):
+        if path is not None and not path.is_file():
+            problems.append(InputMissingError(f"{flag} {path} does not exist."))
+    try:
+        from neurossm_app.bids import strip_prefix
+
+        if opts.participant_label:
+            opts.participant_label = [strip_prefix(p, "sub") for p in opts.participant_label]
+        if opts.session_label:
+            opts.session_label = [strip_prefix(s, "ses") for s in opts.session_label]
+    except NeurossmError as err:
+        problems.append(err)
+    if opts.high_pass and opts.low_pass and opts.high_pass >= opts.low_pass:
+        problems.append(UsageError(f"--high-pass {opts.high_pass} must be below --low-pass {opts.low_pass}."))
+    if opts.standardize == "none":
+        opts.standardize = None
+    opts.derivatives = dict(opts.derivatives or [])
+    for name, path in opts.derivatives.items():
+        if not path.is_dir():
+            problems.append(InputMissingError(f"derivatives {name}={path} does not exist."))
+    if not problems:
+        return
+    if len(problems) == 1:
+        raise problems[0]
+    first = problems[0]
+    raise type(first)("; ".join(str(p).rstrip(".") for p in problems) + ".")

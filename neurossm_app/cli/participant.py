@@ -1,0 +1,133 @@
+"""``neurossm-app BIDS_DIR OUTPUT_DIR participant``: settings from options, then the workflow."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from neurossm_app import __version__
+from neurossm_app.errors import DataError, NeurossmError, ValidationError
+
+LOGGER = logging.getLogger("neurossm_app")
+
+
+def run_participant(opts: argparse.Namespace) -> None:
+    """Select runs, build the nipype workflow, run it, and write provenance files."""
+    from neurossm_app.atlases import get_atlas
+    from neurossm_app.bids import (
+        check_output_dir,
+        collect_bold_runs,
+        dataset_description,
+        find_fmriprep_dir,
+        load_filter_file,
+    )
+    from neurossm_app.citation import write_citation
+    from neurossm_app.config import CleaningSettings
+    from neurossm_app.participant.preflight import check_run
+
+    output_dir = check_output_dir(opts.bids_dir, opts.output_dir)
+    if not opts.skip_bids_validation:
+        validate_bids(opts.bids_dir)
+    settings = CleaningSettings(
+        strategy=opts.confounds,
+        high_pass=opts.high_pass,
+        low_pass=opts.low_pass,
+        detrend=opts.detrend,
+        standardize=opts.standardize,
+        fd_threshold=opts.fd_thresh,
+        std_dvars_threshold=opts.dvars_thresh,
+        min_coverage=opts.min_coverage,
+    )
+    fmriprep_dir = find_fmriprep_dir(opts.bids_dir, opts.derivatives)
+    runs = collect_bold_runs(
+        fmriprep_dir,
+        participant_labels=opts.participant_label,
+        session_labels=opts.session_label,
+        task_ids=opts.task_id,
+        bids_filters=load_filter_file(opts.bids_filter_file),
+        database_dir=opts.bids_database_dir,
+    )
+    for run in runs:
+        check_run(run)
+    atlas = get_atlas(opts.atlas or "schaefer400", opts.atlas_dir)
+    subjects = sorted({r.entities["subject"] for r in runs})
+    LOGGER.info(
+        "participant level: %d run(s) of %d subject(s), atlas %s (%d ROIs), confounds %s",
+        len(runs),
+        len(subjects),
+        atlas.spec.bids_label,
+        atlas.n_rois,
+        settings.strategy,
+    )
+    dataset_description(output_dir, [opts.bids_dir])
+    write_citation(output_dir, atlas=atlas, settings=settings)
+    _run_workflow(runs, atlas, settings, output_dir, opts)
+    LOGGER.info("done: ROI time series for %d run(s) are in %s", len(runs), output_dir)
+
+
+def validate_bids(bids_dir: Path) -> None:
+    """Run the official validator when it is installed; exit 16 on errors."""
+    validator = shutil.which("bids-validator-deno") or shutil.which("bids-validator")
+    if validator is None:
+        LOGGER.warning("bids-validator-deno not found; skipping validation of %s", bids_dir)
+        return
+    result = subprocess.run([validator, str(bids_dir)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        errors = [line for line in result.stdout.splitlines() if "ERROR" in line.upper()]
+        first = errors[0].strip() if errors else "see the validator's report"
+        raise ValidationError(
+            f"BIDS_DIR {bids_dir} failed BIDS validation ({first}); fix it or pass --skip-bids-validation."
+        )
+
+
+def _run_workflow(runs, atlas, settings, output_dir: Path, opts: argparse.Namespace) -> None:
+    from nipype import config as nipype_config
+
+    from neurossm_app.participant.workflow import init_participant_wf
+
+    work_dir = opts.work_dir / f"neurossm_{__version__.replace('.', '_')}"
+    crash_dir = work_dir / "crash"
+    nipype_config.update_config(
+        {
+            "execution": {
+                "crashdump_dir": str(crash_dir),
+                "crashfile_format": "txt",
+                "stop_on_first_crash": True,
+                "remove_unnecessary_outputs": False,
+                "hash_method": "content",
+            },
+            "monitoring": {"enabled": False},
+        }
+    )
+    workflow = init_participant_wf(runs, atlas, settings, output_dir, work_dir)
+    plugin_args = {"n_procs": opts.nprocs, "raise_insufficient": False}
+    if opts.mem_mb:
+        plugin_args["memory_gb"] = opts.mem_mb / 1024
+    plugin = "MultiProc" if opts.nprocs > 1 and len(runs) > 1 else "Linear"
+    try:
+        workflow.run(plugin=plugin, plugin_args=plugin_args if plugin == "MultiProc" else {})
+    except Exception as err:  # noqa: BLE001 - nipype wraps node errors; recover ours
+        raise _error_from_crash(crash_dir, err) from None
+
+
+_OUR_ERROR = re.compile(r"neurossm_app\.errors\.(\w+): (.+)")
+
+
+def _error_from_crash(crash_dir: Path, err: Exception) -> NeurossmError:
+    """Turn a nipype node crash back into the user-facing error it carried."""
+    from neurossm_app import errors
+
+    crashes = (
+        sorted(crash_dir.glob("crash-*.txt"), key=lambda p: p.stat().st_mtime) if crash_dir.exists() else []
+    )
+    for crash in reversed(crashes):
+        found = _OUR_ERROR.findall(crash.read_text(errors="replace"))
+        if found:
+            name, message = found[-1]
+            return getattr(errors, name, DataError)(message.strip())
+    where = f" (crash report: {crashes[-1]})" if crashes else ""
+    return DataError(f"the participant workflow failed: {str(err).splitlines()[0]}{where}")

@@ -1,0 +1,1 @@
+"""Participant level: fMRIPrep derivatives -> denoised ROI time series (nipype, nilearn)."""

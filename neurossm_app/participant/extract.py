@@ -1,0 +1,185 @@
+"""Plain functions behind the participant workflow's nodes: atlas resampling, parcellation,
+cleaning and output writing. Each is called by a small nipype interface and tested directly."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from neurossm_app import __version__
+from neurossm_app.bids import build_path
+from neurossm_app.config import CleaningSettings
+from neurossm_app.errors import DataError
+from neurossm_app.files import copy_atomic, read_tsv, write_json, write_tsv
+from neurossm_app.participant.clean import clean_signals, select_confounds
+from neurossm_app.participant.parcellate import parcel_means
+
+
+def resample_atlas(
+    atlas_file: str | os.PathLike, bold_file: str | os.PathLike, out_file: str | os.PathLike
+) -> Path:
+    """Nearest-neighbour resampling of an integer atlas onto the grid of a BOLD image."""
+    from nilearn.image import resample_to_img
+
+    bold = nib.load(os.fspath(bold_file))
+    if bold.ndim != 4:
+        raise DataError(f"{bold_file} is {bold.ndim}D; a 4D BOLD series (x, y, z, time) is required.")
+    atlas = nib.load(os.fspath(atlas_file))
+    reference = nib.Nifti1Image(np.zeros(bold.shape[:3], np.uint8), bold.affine)
+    resampled = resample_to_img(
+        atlas, reference, interpolation="nearest", force_resample=True, copy_header=True
+    )
+    data = np.asarray(resampled.dataobj).astype(np.int32)
+    out = nib.Nifti1Image(data, bold.affine)
+    out.set_data_dtype(np.int32)
+    nib.save(out, os.fspath(out_file))
+    return Path(out_file)
+
+
+def load_mask(mask_file: str | os.PathLike, bold_file: str | os.PathLike) -> np.ndarray:
+    """Boolean brain mask, checked to share the BOLD image's grid."""
+    mask = nib.load(os.fspath(mask_file))
+    bold = nib.load(os.fspath(bold_file))
+    if mask.shape[:3] != bold.shape[:3] or not np.allclose(mask.affine, bold.affine, atol=1e-3):
+        raise DataError(
+            f"brain mask {mask_file} (grid {mask.shape[:3]}) does not match BOLD {bold_file} "
+            f"(grid {bold.shape[:3]}); use the mask fMRIPrep wrote for this run and space."
+        )
+    return np.asarray(mask.dataobj) > 0
+
+
+def parcellate_run(
+    bold_file: str | os.PathLike,
+    mask_file: str | os.PathLike,
+    atlas_on_bold: str | os.PathLike,
+    indices: list[int],
+    names: list[str],
+    out_dir: str | os.PathLike,
+) -> tuple[Path, Path]:
+    """Raw parcel means and coverage of one run, written as TSVs in ``out_dir``."""
+    mask = load_mask(mask_file, bold_file)
+    labels = np.asarray(nib.load(os.fspath(atlas_on_bold)).dataobj)
+    signals, coverage = parcel_means(bold_file, labels, mask, np.asarray(indices))
+    out_dir = Path(out_dir)
+    raw = write_tsv(out_dir / "raw_timeseries.tsv", pd.DataFrame(signals, columns=names))
+    cov = write_tsv(out_dir / "coverage.tsv", pd.DataFrame({"roi": names, "coverage": coverage}))
+    return raw, cov
+
+
+def clean_run(
+    raw_file: str | os.PathLike,
+    coverage_file: str | os.PathLike,
+    bold_file: str | os.PathLike,
+    repetition_time: float,
+    settings: CleaningSettings,
+    out_dir: str | os.PathLike,
+) -> tuple[Path, Path]:
+    """Apply coverage threshold and confound cleaning; write the cleaned TSV and its metadata."""
+    raw = read_tsv(raw_file)
+    coverage = read_tsv(coverage_file)["coverage"].to_numpy()
+    signals = raw.to_numpy(dtype=np.float64)
+    signals[:, coverage < settings.min_coverage] = np.nan
+    confounds, sample_mask = select_confounds(bold_file, settings)
+    cleaned = clean_signals(signals, confounds, sample_mask, repetition_time, settings)
+    n_vols = signals.shape[0]
+    censored = (
+        [] if sample_mask is None else sorted(set(range(n_vols)) - set(np.asarray(sample_mask).tolist()))
+    )
+    out_dir = Path(out_dir)
+    tsv = write_tsv(out_dir / "clean_timeseries.tsv", pd.DataFrame(cleaned, columns=raw.columns))
+    meta = {
+        "ConfoundRegressors": [] if confounds is None else list(confounds.columns),
+        "CensoredVolumes": censored,
+        "ExcludedROIs": [
+            str(c) for c, cov in zip(raw.columns, coverage, strict=True) if cov < settings.min_coverage
+        ],
+    }
+    meta_file = write_json(out_dir / "clean_metadata.json", meta)
+    return tsv, meta_file
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the packages that determine the numbers."""
+    import nilearn
+    import nipype
+    import scipy
+
+    return {
+        "neurossm-app": __version__,
+        "nilearn": nilearn.__version__,
+        "nipype": nipype.__version__,
+        "nibabel": nib.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "pandas": pd.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def run_sidecar(
+    repetition_time: float,
+    atlas_label: str,
+    atlas_file: str | os.PathLike,
+    settings: CleaningSettings,
+    clean_metadata: dict[str, Any],
+    sources: list[str],
+) -> dict[str, Any]:
+    """The ``_timeseries.json`` contract: enough to reproduce the numbers with nilearn alone."""
+    return {
+        "Description": "Mean BOLD signal per atlas ROI within the brain mask, denoised with "
+        "nilearn.signal.clean; columns are ROIs, rows are volumes, n/a marks missing values.",
+        "RepetitionTime": repetition_time,
+        "Atlas": atlas_label,
+        "AtlasFile": os.fspath(atlas_file),
+        "Strategy": "mean",
+        "ConfoundStrategy": settings.strategy,
+        "ConfoundRegressors": clean_metadata["ConfoundRegressors"],
+        "ConfoundNaNHandling": "first-row n/a copied from the second row (nilearn load_confounds)",
+        "StandardizeConfounds": True,
+        "HighPass": settings.high_pass,
+        "LowPass": settings.low_pass,
+        "Filter": "butterworth",
+        "Detrend": settings.detrend,
+        "Standardize": settings.standardize,
+        "FDThreshold": settings.fd_threshold,
+        "StdDVARSThreshold": settings.std_dvars_threshold,
+        "CensoredVolumes": clean_metadata["CensoredVolumes"],
+        "MinCoverage": settings.min_coverage,
+        "ExcludedROIs": clean_metadata["ExcludedROIs"],
+        "Sources": sources,
+        "SoftwareVersions": software_versions(),
+    }
+
+
+def write_run_outputs(
+    output_dir: str | os.PathLike,
+    entities: dict[str, Any],
+    atlas_label: str,
+    clean_file: str | os.PathLike,
+    coverage_file: str | os.PathLike,
+    sidecar: dict[str, Any],
+) -> list[Path]:
+    """Copy one run's results to their BIDS-derivative names, atomically, sidecar last.
+
+    The sidecar is written last so its presence marks the run as complete.
+    """
+    base = {**entities, "space": "MNI152NLin2009cAsym", "atlas": atlas_label}
+    series = build_path(output_dir, {**base, "stat": "mean"}, "timeseries", ".tsv")
+    coverage = build_path(output_dir, {**base, "stat": "coverage"}, "bold", ".tsv")
+    sidecar_path = series.with_suffix(".json")
+    copy_atomic(clean_file, series)
+    copy_atomic(coverage_file, coverage)
+    write_json(sidecar_path, sidecar)
+    return [series, coverage, sidecar_path]
+
+
+def read_clean_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Load the metadata written by :func:`clean_run`."""
+    return json.loads(Path(path).read_text())

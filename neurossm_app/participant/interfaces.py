@@ -1,0 +1,152 @@
+"""Nipype interfaces: thin wrappers that call the tested functions in :mod:`.extract`."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+from neurossm_app.config import CleaningSettings
+from neurossm_app.participant import extract
+
+
+class _ResampleAtlasInputSpec(BaseInterfaceInputSpec):
+    atlas_file = File(exists=True, mandatory=True, desc="integer atlas in MNI152NLin2009cAsym")
+    bold_file = File(exists=True, mandatory=True, desc="4D BOLD image whose grid is the target")
+
+
+class _ResampleAtlasOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="atlas on the BOLD grid (nearest neighbour)")
+
+
+class ResampleAtlas(SimpleInterface):
+    """Resample an atlas onto a BOLD grid with nearest-neighbour interpolation."""
+
+    input_spec = _ResampleAtlasInputSpec
+    output_spec = _ResampleAtlasOutputSpec
+
+    def _run_interface(self, runtime):
+        out = os.path.join(runtime.cwd, "atlas_on_bold.nii.gz")
+        self._results["out_file"] = str(
+            extract.resample_atlas(self.inputs.atlas_file, self.inputs.bold_file, out)
+        )
+        return runtime
+
+
+class _ParcellateInputSpec(BaseInterfaceInputSpec):
+    bold_file = File(exists=True, mandatory=True, desc="4D preprocessed BOLD image")
+    mask_file = File(exists=True, mandatory=True, desc="brain mask on the BOLD grid")
+    atlas_file = File(exists=True, mandatory=True, desc="atlas already on the BOLD grid")
+    indices = traits.List(traits.Int, mandatory=True, desc="label values, in column order")
+    names = traits.List(traits.Str, mandatory=True, desc="ROI names, in column order")
+
+
+class _ParcellateOutputSpec(TraitedSpec):
+    raw_file = File(exists=True, desc="TSV of raw parcel means (volumes x ROIs)")
+    coverage_file = File(exists=True, desc="TSV of per-ROI brain-mask coverage")
+
+
+class Parcellate(SimpleInterface):
+    """Mean signal per ROI within the brain mask, streamed over blocks of volumes."""
+
+    input_spec = _ParcellateInputSpec
+    output_spec = _ParcellateOutputSpec
+
+    def _run_interface(self, runtime):
+        raw, coverage = extract.parcellate_run(
+            self.inputs.bold_file,
+            self.inputs.mask_file,
+            self.inputs.atlas_file,
+            self.inputs.indices,
+            self.inputs.names,
+            runtime.cwd,
+        )
+        self._results.update(raw_file=str(raw), coverage_file=str(coverage))
+        return runtime
+
+
+class _CleanInputSpec(BaseInterfaceInputSpec):
+    raw_file = File(exists=True, mandatory=True, desc="TSV of raw parcel means")
+    coverage_file = File(exists=True, mandatory=True, desc="TSV of per-ROI coverage")
+    bold_file = File(exists=True, mandatory=True, desc="fMRIPrep BOLD file (locates its confounds)")
+    repetition_time = traits.Float(mandatory=True, desc="seconds per volume")
+    settings = traits.Dict(mandatory=True, desc="CleaningSettings as a dict")
+
+
+class _CleanOutputSpec(TraitedSpec):
+    clean_file = File(exists=True, desc="TSV of denoised parcel signals")
+    metadata_file = File(exists=True, desc="JSON with regressors, censored volumes, excluded ROIs")
+
+
+class CleanSignals(SimpleInterface):
+    """Coverage threshold plus confound regression and filtering with nilearn."""
+
+    input_spec = _CleanInputSpec
+    output_spec = _CleanOutputSpec
+
+    def _run_interface(self, runtime):
+        clean, meta = extract.clean_run(
+            self.inputs.raw_file,
+            self.inputs.coverage_file,
+            self.inputs.bold_file,
+            self.inputs.repetition_time,
+            CleaningSettings(**self.inputs.settings),
+            runtime.cwd,
+        )
+        self._results.update(clean_file=str(clean), metadata_file=str(meta))
+        return runtime
+
+
+class _DerivativesSinkInputSpec(BaseInterfaceInputSpec):
+    output_dir = traits.Str(mandatory=True, desc="OUTPUT_DIR")
+    entities = traits.Dict(mandatory=True, desc="run entities (subject, session, task, run, ...)")
+    atlas_label = traits.Str(mandatory=True, desc="atlas-<label> entity")
+    atlas_file = traits.Str(mandatory=True, desc="atlas file, for provenance")
+    repetition_time = traits.Float(mandatory=True, desc="seconds per volume")
+    settings = traits.Dict(mandatory=True, desc="CleaningSettings as a dict")
+    clean_file = File(exists=True, mandatory=True, desc="denoised parcel signals")
+    coverage_file = File(exists=True, mandatory=True, desc="per-ROI coverage")
+    metadata_file = File(exists=True, mandatory=True, desc="cleaning metadata JSON")
+    sources = traits.List(traits.Str, desc="input files, for provenance")
+
+
+class _DerivativesSinkOutputSpec(TraitedSpec):
+    out_files = traits.List(File(exists=True), desc="written outputs")
+
+
+class DerivativesSink(SimpleInterface):
+    """Write one run's outputs to their BIDS-derivative names atomically."""
+
+    input_spec = _DerivativesSinkInputSpec
+    output_spec = _DerivativesSinkOutputSpec
+    always_run = True  # outputs live outside the work directory; never trust a cached copy
+
+    def _run_interface(self, runtime):
+        with open(self.inputs.metadata_file) as handle:
+            metadata = json.load(handle)
+        settings = CleaningSettings(**self.inputs.settings)
+        sidecar = extract.run_sidecar(
+            self.inputs.repetition_time,
+            self.inputs.atlas_label,
+            self.inputs.atlas_file,
+            settings,
+            metadata,
+            list(self.inputs.sources),
+        )
+        written = extract.write_run_outputs(
+            self.inputs.output_dir,
+            self.inputs.entities,
+            self.inputs.atlas_label,
+            self.inputs.clean_file,
+            self.inputs.coverage_file,
+            sidecar,
+        )
+        self._results["out_files"] = [str(p) for p in written]
+        return runtime

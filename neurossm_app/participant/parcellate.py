@@ -1,0 +1,129 @@
+"""Parcel means of a 4D BOLD image, streamed in blocks of volumes.
+
+The image is never loaded whole: volumes are read in blocks through nibabel's array proxy and
+all parcel sums are taken in one reduction per block (voxels pre-sorted by label, then
+``np.add.reduceat``). The result equals the mean signal per label within the brain mask, which
+is what ``nilearn.maskers.NiftiLabelsMasker(mask_img=...)`` computes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+
+from neurossm_app.errors import DataError
+
+
+@dataclass(frozen=True)
+class ParcelLayout:
+    """Which in-mask voxels belong to which ROI, prepared once per (atlas, mask) pair.
+
+    Attributes
+    ----------
+    order
+        (n_voxels_in_rois,) flat voxel indices (Fortran order) sorted by ROI.
+    starts
+        (n_present,) start of each present ROI's run inside ``order``.
+    present
+        (n_present,) column index (into the atlas label table) of each present ROI.
+    counts
+        (n_rois,) in-mask voxel count per ROI.
+    coverage
+        (n_rois,) fraction of each ROI's atlas voxels that lie inside the brain mask.
+    """
+
+    order: np.ndarray
+    starts: np.ndarray
+    present: np.ndarray
+    counts: np.ndarray
+    coverage: np.ndarray
+
+
+def prepare_layout(labels: np.ndarray, mask: np.ndarray, indices: np.ndarray) -> ParcelLayout:
+    """Index voxels by ROI.
+
+    Parameters
+    ----------
+    labels
+        (X, Y, Z) integer atlas on the BOLD grid.
+    mask
+        (X, Y, Z) boolean brain mask.
+    indices
+        (n_rois,) label values in the order of the output columns.
+    """
+    flat_labels = np.asarray(labels).ravel(order="F").astype(np.int64)
+    flat_mask = np.asarray(mask).ravel(order="F").astype(bool)
+    indices = np.asarray(indices, dtype=np.int64)
+    lookup = np.full(max(int(flat_labels.max(initial=0)), int(indices.max(initial=0))) + 1, -1, np.int64)
+    lookup[indices] = np.arange(indices.size)
+    column = np.where(flat_labels >= 0, lookup[np.clip(flat_labels, 0, None)], -1)
+    column[flat_labels == 0] = -1
+
+    total = np.bincount(column[column >= 0], minlength=indices.size)
+    inside = flat_mask & (column >= 0)
+    counts = np.bincount(column[inside], minlength=indices.size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        coverage = np.where(total > 0, counts / np.maximum(total, 1), 0.0)
+
+    voxels = np.flatnonzero(inside)
+    order = voxels[np.argsort(column[voxels], kind="stable")]
+    sorted_cols = column[order]
+    present, starts = np.unique(sorted_cols, return_index=True)
+    return ParcelLayout(order, starts, present, counts, coverage)
+
+
+def parcel_means(
+    bold_file: str | os.PathLike,
+    labels: np.ndarray,
+    mask: np.ndarray,
+    indices: np.ndarray,
+    block_size: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean BOLD signal per ROI within the brain mask.
+
+    Parameters
+    ----------
+    bold_file
+        4D NIfTI (X, Y, Z, T), on the same grid as ``labels`` and ``mask``.
+    labels, mask, indices
+        See :func:`prepare_layout`.
+    block_size
+        Volumes read at a time; bounds memory at about X*Y*Z*block_size*8 bytes.
+
+    Returns
+    -------
+    signals : (T, n_rois) float64
+        NaN for ROIs with no voxel inside the mask.
+    coverage : (n_rois,) float64
+        Fraction of each ROI's voxels inside the mask.
+    """
+    img = nib.load(os.fspath(bold_file))
+    if img.ndim != 4:
+        raise DataError(f"{bold_file} is {img.ndim}D; a 4D BOLD series (x, y, z, time) is required.")
+    if img.shape[:3] != np.shape(labels):
+        raise DataError(
+            f"{bold_file} has grid {img.shape[:3]} but the atlas was resampled to {np.shape(labels)}."
+        )
+    layout = prepare_layout(labels, mask, indices)
+    if layout.present.size == 0:
+        raise DataError(
+            f"no atlas ROI overlaps the brain mask of {bold_file}; is the run in MNI152NLin2009cAsym?"
+        )
+    n_vols = img.shape[3]
+    n_vox = int(np.prod(img.shape[:3]))
+    signals = np.full((n_vols, len(indices)), np.nan)
+    for start in range(0, n_vols, block_size):
+        stop = min(start + block_size, n_vols)
+        block = np.asarray(img.dataobj[..., start:stop], dtype=np.float64)  # (X, Y, Z, b)
+        block = block.reshape(n_vox, stop - start, order="F")[layout.order]  # (V_roi, b)
+        if not np.isfinite(block).all():
+            raise DataError(
+                f"{bold_file} has NaN or Inf values inside the brain mask (volumes {start}-{stop - 1}); "
+                "check the preprocessing of this run."
+            )
+        sums = np.add.reduceat(block, layout.starts, axis=0)  # (n_present, b)
+        signals[start:stop, layout.present] = (sums / layout.counts[layout.present, None]).T
+    return signals, layout.coverage
