@@ -105,4 +105,4 @@ def init_participant_wf(
 
 
 def _safe(name: str) -> str:
-    return name.replace("-", "").replace("_", "_")
+    return name.replace("-", "")

@@ -1,0 +1,90 @@
+"""Parcel means and cleaning against nilearn's NiftiLabelsMasker on small random images."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from neurossm_app.config import CleaningSettings
+from neurossm_app.errors import DataError
+from neurossm_app.participant.clean import clean_signals
+from neurossm_app.participant.parcellate import parcel_means, prepare_layout
+
+SHAPE = (7, 9, 11)  # unequal sizes so axis mix-ups fail
+N_VOLS = 23
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(3)
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    bold = rng.normal(100, 5, (*SHAPE, N_VOLS)).astype(np.float32)
+    labels = rng.integers(0, 6, SHAPE).astype(np.int16)  # 0 = background, ROIs 1..5
+    labels[labels == 4] = 0  # ROI 4 absent from the image
+    mask = np.ones(SHAPE, bool)
+    mask[:2] = False
+    paths = {}
+    for name, data in (("bold", bold), ("labels", labels), ("mask", mask.astype(np.uint8))):
+        img = nib.Nifti1Image(data, affine)
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        nib.save(img, paths[name])
+    return paths, labels, mask
+
+
+def test_parcel_means_equal_masker(images):
+    from nilearn.maskers import NiftiLabelsMasker
+
+    paths, labels, mask = images
+    indices = np.array([1, 2, 3, 4, 5])
+    ours, coverage = parcel_means(paths["bold"], labels, mask, indices, block_size=5)
+    masker = NiftiLabelsMasker(labels_img=str(paths["labels"]), mask_img=str(paths["mask"]), strategy="mean")
+    theirs = masker.fit_transform(str(paths["bold"]))
+    present = [0, 1, 2, 4]
+    assert ours.shape == (N_VOLS, 5)
+    np.testing.assert_allclose(ours[:, present], theirs, rtol=1e-6)
+    assert np.isnan(ours[:, 3]).all()
+    assert coverage[3] == 0
+    assert 0.6 < coverage[0] < 0.9  # two of seven x-slices are outside the mask
+
+
+def test_layout_counts_only_masked_voxels():
+    labels = np.array([[[1, 1], [2, 0]], [[2, 2], [1, 0]]])
+    mask = np.array([[[1, 0], [1, 1]], [[1, 1], [1, 1]]], bool)
+    layout = prepare_layout(labels, mask, np.array([1, 2]))
+    assert layout.counts.tolist() == [2, 3]
+    np.testing.assert_allclose(layout.coverage, [2 / 3, 1.0])
+
+
+def test_nan_in_bold_is_a_clear_error(images, tmp_path):
+    paths, labels, mask = images
+    img = nib.load(paths["bold"])
+    data = img.get_fdata(dtype=np.float32)
+    x, y, z = np.argwhere((labels == 1) & mask)[0]
+    data[x, y, z, 7] = np.nan
+    bad = tmp_path / "bad.nii.gz"
+    nib.save(nib.Nifti1Image(data, img.affine), bad)
+    with pytest.raises(DataError, match="NaN or Inf values"):
+        parcel_means(bad, labels, mask, np.array([1, 2, 3]))
+
+
+def test_clean_keeps_length_and_censors_rows():
+    rng = np.random.default_rng(0)
+    signals = rng.normal(size=(60, 4))
+    signals[:, 2] = np.nan  # an ROI without coverage
+    confounds = pd.DataFrame(rng.normal(size=(60, 3)), columns=["a", "b", "c"])
+    kept = np.setdiff1d(np.arange(60), [10, 11, 40])
+    settings = CleaningSettings(high_pass=0.01, low_pass=0.1)
+    out = clean_signals(signals, confounds, kept, 2.0, settings)
+    assert out.shape == (60, 4)
+    assert np.isnan(out[[10, 11, 40]]).all()
+    assert np.isnan(out[:, 2]).all()
+    finite = out[kept][:, [0, 1, 3]]
+    assert np.isfinite(finite).all()
+    np.testing.assert_allclose(finite.mean(axis=0), 0, atol=1e-8)
+
+
+def test_clean_rejects_mismatched_confounds():
+    with pytest.raises(DataError, match="rows but the BOLD run has"):
+        clean_signals(np.zeros((10, 2)), pd.DataFrame(np.zeros((9, 1))), None, 2.0, CleaningSettings())
