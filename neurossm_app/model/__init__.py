@@ -1,0 +1,10 @@
+"""NeuroSSM: the model (PyTorch only; nothing here imports nipype or BIDS code).
+
+- :mod:`.scan`: the selective scan with ``cpu`` (numba), ``torch`` and ``cuda`` back ends
+- :mod:`.mamba`: a Mamba block with ``mamba_ssm.Mamba``'s parameters
+- :mod:`.neurossm`: the multiscale differential classifier and its config
+"""
+
+from neurossm_app.model.scan import selective_scan
+
+__all__ = ["selective_scan"]
