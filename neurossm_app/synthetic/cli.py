@@ -1,0 +1,107 @@
+"""``neurossm-synth OUT_DIR``: command-line front end of :func:`make_dataset`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from neurossm_app.synthetic.dataset import SyntheticDatasetError, make_dataset
+
+EXIT_USAGE = 64
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with BIDS-App usage errors: one line on stderr, exit code 64."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _label_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``neurossm-synth`` argument parser."""
+    parser = _Parser(
+        prog="neurossm-synth",
+        description="Write a synthetic BIDS dataset with fMRIPrep-style derivatives, offline atlases "
+        "(TemplateFlow Schaefer-2018, nilearn AAL3v2) and planted class effects.",
+    )
+    parser.add_argument("out_dir", type=Path, help="dataset root to create (must be new or empty)")
+    design = parser.add_argument_group("dataset design")
+    design.add_argument("--subjects", type=int, default=8, help="number of participants (default 8)")
+    design.add_argument(
+        "--tasks",
+        type=_label_list,
+        default=["rest"],
+        help="task label or comma list, e.g. motor,language,wm (default rest)",
+    )
+    design.add_argument("--runs", type=int, default=1, help="runs per task and session (default 1)")
+    design.add_argument(
+        "--sessions",
+        type=_label_list,
+        default=None,
+        help="comma list of session labels, e.g. 1,2 (default: no session level)",
+    )
+    acquisition = parser.add_argument_group("acquisition")
+    acquisition.add_argument("--volumes", type=int, default=200, help="volumes per run (default 200)")
+    acquisition.add_argument("--tr", type=float, default=0.72, help="repetition time in s (default 0.72)")
+    acquisition.add_argument(
+        "--voxel-size",
+        "--voxel_size",
+        dest="voxel_size",
+        type=float,
+        default=4.0,
+        help="output voxel size in mm; 2 gives fMRIPrep's res-2 grid (default 4)",
+    )
+    other = parser.add_argument_group("other")
+    other.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    other.add_argument(
+        "--atlas-cache",
+        "--atlas_cache",
+        dest="atlas_cache",
+        type=Path,
+        default=None,
+        help="where to put the atlases (default OUT_DIR/sourcedata/atlas-cache)",
+    )
+    other.add_argument(
+        "--force", action="store_true", help="replace OUT_DIR if it is a previous neurossm-synth dataset"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``neurossm-synth``; returns the exit code (0, 64 usage, 73 cannot create output)."""
+    parser = build_parser()
+    try:
+        options = parser.parse_args(argv)
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    try:
+        out_dir = make_dataset(
+            options.out_dir,
+            subjects=options.subjects,
+            tasks=options.tasks,
+            runs=options.runs,
+            volumes=options.volumes,
+            tr=options.tr,
+            voxel_size=options.voxel_size,
+            seed=options.seed,
+            atlas_cache=options.atlas_cache,
+            sessions=options.sessions,
+            force=options.force,
+        )
+    except SyntheticDatasetError as error:
+        sys.stderr.write(f"neurossm-synth: error: {error}\n")
+        return error.exit_code
+    cache = options.atlas_cache.absolute() if options.atlas_cache else out_dir / "sourcedata" / "atlas-cache"
+    print(f"raw BIDS dataset:      {out_dir}")
+    print(f"fMRIPrep derivatives:  {out_dir / 'derivatives' / 'fmriprep'}")
+    print(f"planted effects:       {out_dir / 'sourcedata' / 'synthetic_truth.json'}")
+    print("atlases (set before starting Python):")
+    print(f"  export TEMPLATEFLOW_HOME={cache / 'templateflow'}")
+    print(f"  export NILEARN_DATA={cache / 'nilearn_data'}")
+    return 0
