@@ -1,0 +1,432 @@
+"""Group-level inputs: the participant-level ROI time series in OUTPUT_DIR and their labels.
+
+Series are found with pybids (our ``stat`` entity included) under the names
+:func:`neurossm_app.bids.build_path` gives them; a run counts as complete when its JSON sidecar
+exists (the participant level writes it last). Labels come from ``participants.tsv``
+(``--target participants:COLUMN``) or from the ``task`` entity (``--target task``).
+
+Missing values are handled once, here, for training and testing alike: each ROI is z-scored over
+its finite values within the scan, then every remaining ``n/a`` (ROIs excluded for coverage,
+censored volumes) becomes 0, the ROI's mean.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from neurossm_app.bids import RUN_ENTITIES, pybids_config
+from neurossm_app.errors import DataError, InputMissingError, NoFilesSelectedError, UsageError
+from neurossm_app.files import read_tsv
+
+LOGGER = logging.getLogger("neurossm_app")
+
+NORMALIZATION = (
+    "per scan and ROI: z-score over the finite values (population SD; constant ROIs become 0), then n/a -> 0"
+)
+_ENTITY_KEYS = {
+    "subject": "sub",
+    "session": "ses",
+    "task": "task",
+    "acquisition": "acq",
+    "reconstruction": "rec",
+    "direction": "dir",
+    "run": "run",
+    "echo": "echo",
+}
+
+
+@dataclass(frozen=True)
+class ScanFile:
+    """One participant-level time-series file and the run it came from."""
+
+    path: Path
+    entities: dict[str, str] = field(hash=False)
+
+    @property
+    def name(self) -> str:
+        """``sub-01[_ses-1]_task-rest[_run-1]``: unique within a dataset."""
+        return "_".join(f"{_ENTITY_KEYS[k]}-{v}" for k, v in self.entities.items())
+
+    @property
+    def subject(self) -> str:
+        """Subject label without ``sub-``."""
+        return self.entities["subject"]
+
+
+@dataclass(frozen=True)
+class MissingValues:
+    """What :func:`normalize_series` replaced in one scan."""
+
+    missing_rois: int  # ROI columns that are entirely n/a
+    censored_volumes: int  # rows that are entirely n/a
+    missing_values: int  # every n/a cell, including the two above
+
+
+@dataclass
+class GroupDataset:
+    """Every selected scan, normalized, with its label.
+
+    Attributes
+    ----------
+    scans : list of ScanFile, length N
+        Sorted by path, the order every other array follows.
+    series : list of numpy.ndarray, each (R, T_i) float32
+        Normalized series (ROI x volume); ``T_i`` may differ between scans.
+    labels : numpy.ndarray, (N,) int64
+        Index into ``classes``.
+    classes : tuple of str, length C
+        Sorted class names.
+    roi_names : tuple of str, length R
+    atlas_label : str
+        The ``atlas-`` entity of the files (e.g. ``Schaefer400n17``).
+    missing : list of MissingValues, length N
+    """
+
+    scans: list[ScanFile]
+    series: list[np.ndarray]
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    roi_names: tuple[str, ...]
+    atlas_label: str
+    missing: list[MissingValues]
+
+    @property
+    def subjects(self) -> list[str]:
+        """Subject of every scan, length N."""
+        return [s.subject for s in self.scans]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Volumes per scan, (N,) int64."""
+        return np.array([x.shape[1] for x in self.series], dtype=np.int64)
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for the log, ``config.json`` and ``summary.json``."""
+        lengths = self.lengths
+        per_class = {}
+        subjects = np.array(self.subjects)
+        for index, name in enumerate(self.classes):
+            chosen = self.labels == index
+            per_class[name] = {"scans": int(chosen.sum()), "subjects": len(set(subjects[chosen]))}
+        n_cells = int(sum(x.size for x in self.series))
+        missing_values = sum(m.missing_values for m in self.missing)
+        return {
+            "atlas": self.atlas_label,
+            "n_rois": len(self.roi_names),
+            "n_subjects": len(set(self.subjects)),
+            "n_scans": len(self.scans),
+            "classes": per_class,
+            "volumes": {
+                "min": int(lengths.min()),
+                "median": float(np.median(lengths)),
+                "max": int(lengths.max()),
+            },
+            "missing_values": {
+                "normalization": NORMALIZATION,
+                "scans_with_missing_rois": sum(m.missing_rois > 0 for m in self.missing),
+                "missing_roi_columns": sum(m.missing_rois for m in self.missing),
+                "scans_with_censored_volumes": sum(m.censored_volumes > 0 for m in self.missing),
+                "censored_volumes": sum(m.censored_volumes for m in self.missing),
+                "missing_values": missing_values,
+                "missing_fraction": missing_values / n_cells if n_cells else 0.0,
+            },
+        }
+
+
+def find_timeseries(
+    output_dir: Path,
+    atlas_label: str,
+    participant_labels: list[str] | None = None,
+    session_labels: list[str] | None = None,
+    task_ids: list[str] | None = None,
+    run_filters: dict[str, Any] | None = None,
+) -> list[ScanFile]:
+    """Find the complete participant-level time series of one atlas in ``output_dir``.
+
+    Parameters
+    ----------
+    output_dir
+        The participant level's OUTPUT_DIR.
+    atlas_label
+        ``atlas-`` entity to select (``ATLASES[key].bids_label``).
+    participant_labels, session_labels, task_ids
+        Selection without prefixes; ``None`` selects everything.
+    run_filters
+        Extra pybids filters on run entities (e.g. from ``--bids-filter-file``'s ``bold`` entry).
+
+    Returns
+    -------
+    list of ScanFile
+        Sorted by path; runs without their JSON sidecar (incomplete) are left out with a warning.
+
+    Raises
+    ------
+    InputMissingError
+        No time series of any kind, or none of this atlas.
+    NoFilesSelectedError
+        The filters selected nothing.
+    """
+    from bids import BIDSLayout
+    from bids.layout import BIDSLayoutIndexer
+
+    hint = "run `neurossm-app BIDS_DIR OUTPUT_DIR participant` first"
+    if not output_dir.is_dir():
+        raise InputMissingError(f"OUTPUT_DIR {output_dir} does not exist; {hint}.")
+    if not any(output_dir.glob("sub-*")):
+        raise InputMissingError(f"no participant-level outputs (sub-*) in {output_dir}; {hint}.")
+    # group/ and logs/ hold our own outputs: keep them out of the index.
+    indexer = BIDSLayoutIndexer(
+        validate=False, index_metadata=False, ignore=[re.compile(r"/(group|logs|code|sourcedata)/")]
+    )
+    layout = BIDSLayout(
+        output_dir, validate=False, config=pybids_config(), indexer=indexer, is_derivative=True
+    )
+    base = {"suffix": "timeseries", "extension": ".tsv", "stat": "mean", "return_type": "object"}
+    every = layout.get(**base)
+    if not every:
+        raise InputMissingError(f"no *_stat-mean_timeseries.tsv files in {output_dir}; {hint}.")
+    of_atlas = [f for f in every if f.entities.get("atlas") == atlas_label]
+    if not of_atlas:
+        found = sorted({str(f.entities.get("atlas")) for f in every})
+        raise InputMissingError(
+            f"no time series for atlas {atlas_label} in {output_dir} (found atlas {', '.join(found)}); "
+            "pass the matching --atlas or run the participant level with this atlas."
+        )
+    filters: dict[str, Any] = dict(run_filters or {})
+    if participant_labels:
+        filters["subject"] = list(participant_labels)
+    if session_labels:
+        filters["session"] = list(session_labels)
+    if task_ids:
+        filters["task"] = list(task_ids)
+    selected = [f for f in of_atlas if _matches(f.entities, filters)]
+    if not selected:
+        shown = ", ".join(f"{k}={v}" for k, v in filters.items())
+        raise NoFilesSelectedError(
+            f"no {atlas_label} time series in {output_dir} matched ({shown}); check the labels and filters."
+        )
+    scans = []
+    for found in sorted(selected, key=lambda f: f.path):
+        path = Path(found.path)
+        if not path.with_suffix(".json").is_file():
+            LOGGER.warning(
+                "skipping %s: its JSON sidecar is missing (participant level incomplete)", path.name
+            )
+            continue
+        entities = {
+            k: str(found.entities[k]) for k in RUN_ENTITIES if found.entities.get(k) not in (None, "")
+        }
+        scans.append(ScanFile(path, entities))
+    if not scans:
+        raise InputMissingError(
+            f"none of the {len(selected)} selected time series in {output_dir} is complete "
+            "(JSON sidecars missing); re-run the participant level."
+        )
+    return scans
+
+
+def _matches(entities: dict[str, Any], filters: dict[str, Any]) -> bool:
+    for key, wanted in filters.items():
+        values = wanted if isinstance(wanted, list | tuple) else [wanted]
+        have = entities.get(key)
+        if have is None or not any(str(have) == str(v) or _same_number(have, v) for v in values):
+            return False
+    return True
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    try:
+        return int(str(a)) == int(str(b))
+    except ValueError:
+        return False
+
+
+def read_participant_labels(participants_tsv: Path, column: str) -> dict[str, str]:
+    """Read one column of ``participants.tsv`` as subject (no ``sub-``) -> label.
+
+    Subjects whose value is ``n/a`` or empty are left out.
+
+    Raises
+    ------
+    InputMissingError
+        The file does not exist.
+    DataError
+        No ``participant_id`` column, or no ``column``.
+    """
+    if not participants_tsv.is_file():
+        raise InputMissingError(
+            f"{participants_tsv} does not exist; the target participants:{column} needs it "
+            "(pass --participants-tsv FILE)."
+        )
+    try:
+        table = pd.read_csv(
+            participants_tsv, sep="\t", dtype=str, na_values=["n/a", ""], keep_default_na=False
+        )
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DataError(f"{participants_tsv} is not a readable TSV ({err}); fix the file.") from None
+    if "participant_id" not in table.columns:
+        raise DataError(f"{participants_tsv} has no participant_id column; add one (values like sub-01).")
+    if column not in table.columns:
+        shown = ", ".join(c for c in table.columns if c != "participant_id") or "none"
+        raise DataError(
+            f"column {column!r} not in {participants_tsv} (columns: {shown}); "
+            "pass --target participants:<one of them>."
+        )
+    labels = {}
+    for participant, value in zip(table["participant_id"], table[column], strict=True):
+        if isinstance(participant, str) and isinstance(value, str) and value.strip():
+            labels[participant.strip().removeprefix("sub-")] = value.strip()
+    return labels
+
+
+def load_series(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Read one time-series TSV.
+
+    Returns
+    -------
+    series : numpy.ndarray, (R, T) float32
+        ROI x volume; NaN where the file says ``n/a``.
+    roi_names : tuple of str, length R
+    """
+    try:
+        table = read_tsv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(
+            f"{path} is not a readable TSV ({type(err).__name__}); re-run the participant level."
+        ) from None
+    try:
+        values = table.to_numpy(dtype=np.float32)
+    except ValueError:
+        raise DataError(f"{path} has non-numeric values; re-run the participant level.") from None
+    if values.shape[0] == 0 or values.shape[1] == 0:
+        raise DataError(f"{path} has no volumes or no ROIs; re-run the participant level.")
+    return np.ascontiguousarray(values.T), tuple(str(c) for c in table.columns)
+
+
+def normalize_series(series: np.ndarray) -> tuple[np.ndarray, MissingValues]:
+    """Z-score each ROI over its finite values, then set the remaining NaNs to 0.
+
+    Parameters
+    ----------
+    series : numpy.ndarray, (R, T)
+        ROI x volume, NaN for missing values.
+
+    Returns
+    -------
+    normalized : numpy.ndarray, (R, T) float32
+        Zero mean and unit population SD per ROI over its finite volumes; 0 where missing and
+        for ROIs with no finite or constant values.
+    missing : MissingValues
+        Counts of what was missing.
+    """
+    finite = np.isfinite(series)  # (R, T)
+    count = finite.sum(axis=1, keepdims=True)  # (R, 1)
+    safe = np.where(finite, series, 0.0).astype(np.float64)
+    mean = safe.sum(axis=1, keepdims=True) / np.maximum(count, 1)
+    centred = np.where(finite, safe - mean, 0.0)
+    sd = np.sqrt((centred**2).sum(axis=1, keepdims=True) / np.maximum(count, 1))
+    normalized = np.where(sd > 1e-8, centred / np.where(sd > 1e-8, sd, 1.0), 0.0)
+    missing = MissingValues(
+        missing_rois=int((count[:, 0] == 0).sum()),
+        censored_volumes=int((~finite).all(axis=0).sum()),
+        missing_values=int((~finite).sum()),
+    )
+    return normalized.astype(np.float32), missing
+
+
+def scan_labels(scans: list[ScanFile], target: str, participants_tsv: Path) -> list[str | None]:
+    """The label of every scan (``None`` when a subject has no label in ``participants.tsv``)."""
+    if target == "task":
+        return [s.entities.get("task") for s in scans]
+    column = target.split(":", 1)[1]
+    labels = read_participant_labels(participants_tsv, column)
+    return [labels.get(s.subject) for s in scans]
+
+
+def load_dataset(
+    scans: list[ScanFile], target: str, participants_tsv: Path, atlas_label: str
+) -> GroupDataset:
+    """Read, check and normalize every scan and attach its label.
+
+    Scans of subjects without a label are dropped with a warning.
+
+    Raises
+    ------
+    DataError
+        No labelled scan, a single class, files whose ROI columns disagree.
+    """
+    labels = scan_labels(scans, target, participants_tsv)
+    unlabelled = sorted({s.subject for s, label in zip(scans, labels, strict=True) if label is None})
+    if unlabelled:
+        LOGGER.warning(
+            "skipping %d subject(s) without a %s label: %s",
+            len(unlabelled),
+            target,
+            ", ".join(f"sub-{s}" for s in unlabelled[:10]) + (" ..." if len(unlabelled) > 10 else ""),
+        )
+    kept = [(s, label) for s, label in zip(scans, labels, strict=True) if label is not None]
+    where = participants_tsv if target != "task" else "the task entity"
+    if not kept:
+        raise DataError(f"no selected subject has a {target} label in {where}; check the labels.")
+    classes = tuple(sorted({label for _, label in kept}))
+    if len(classes) < 2:
+        raise DataError(
+            f"only one class ({classes[0]!r}) of {target} among the selected scans ({where}); "
+            "classification needs at least two: check --target and the selection."
+        )
+    series, missing, roi_names = [], [], None
+    for scan, _ in kept:
+        raw, names = load_series(scan.path)
+        if roi_names is None:
+            roi_names = names
+        elif names != roi_names:
+            raise DataError(
+                f"{scan.path.name} has other ROI columns than {kept[0][0].path.name}; "
+                "re-run the participant level with one atlas for every subject."
+            )
+        normalized, counts = normalize_series(raw)
+        series.append(normalized)
+        missing.append(counts)
+    index = {name: i for i, name in enumerate(classes)}
+    return GroupDataset(
+        scans=[s for s, _ in kept],
+        series=series,
+        labels=np.array([index[label] for _, label in kept], dtype=np.int64),
+        classes=classes,
+        roi_names=roi_names or (),
+        atlas_label=atlas_label,
+        missing=missing,
+    )
+
+
+def check_lengths(dataset: GroupDataset, window: int) -> None:
+    """Refuse scans shorter than the training window (we do not pad training windows).
+
+    Raises
+    ------
+    DataError
+        Naming the shortest scan and what to do.
+    """
+    lengths = dataset.lengths
+    short = np.flatnonzero(lengths < window)
+    if short.size:
+        worst = int(short[np.argmin(lengths[short])])
+        raise DataError(
+            f"{short.size} scan(s) are shorter than the training window of {window} volumes "
+            f"(shortest: {dataset.scans[worst].path.name}, {lengths[worst]} volumes); "
+            f"pass --dynamic-length {int(lengths.min())} or less, or leave those runs out "
+            "(--participant-label/--task-id/--bids-filter-file)."
+        )
+
+
+def check_usage(target: str, participants_tsv: Path | None) -> None:
+    """Checks on the target before any file is read."""
+    if target != "task" and participants_tsv is None:
+        raise UsageError(f"--target {target} needs --participants-tsv.")

@@ -1,0 +1,212 @@
+"""One unit of work: train and test every model on one fold of one seed.
+
+A unit writes into ``RUN_DIR/units/fold-K_seed-S/`` (``metrics.tsv``, ``predictions.tsv``,
+``history.tsv``) and ``RUN_DIR/checkpoints/``, each file atomically, and writes its completion
+marker ``unit.json`` last. Aggregation reads only units with a marker, so an interrupted unit is
+simply run again and two units running at once never see each other's half-written files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from neurossm_app.group.baseline import fit_predict_fc_logreg
+from neurossm_app.group.checkpoints import checkpoint_path, save_checkpoint
+from neurossm_app.group.data import NORMALIZATION, GroupDataset
+from neurossm_app.group.evaluate import METRICS, classification_metrics, predict_proba
+from neurossm_app.group.models import build_neurossm
+from neurossm_app.group.presets import GroupSettings
+from neurossm_app.group.train import TrainSettings, seed_everything, train_model, unit_seed
+
+LOGGER = logging.getLogger("neurossm_app")
+
+MARKER = "unit.json"
+ENTITY_COLUMNS = ("subject", "session", "task", "acquisition", "run")
+METRIC_COLUMNS = ("model", "fold", "seed", "n_train_scans", "n_test_scans", "n_test_subjects", *METRICS)
+
+
+def unit_dir(run_dir: Path, fold: int, seed: int) -> Path:
+    """``RUN_DIR/units/fold-K_seed-S``."""
+    return run_dir / "units" / f"fold-{fold}_seed-{seed}"
+
+
+def read_marker(run_dir: Path, fold: int, seed: int) -> dict[str, Any] | None:
+    """The completion marker of a unit, or ``None`` if the unit is not complete."""
+    marker = unit_dir(run_dir, fold, seed) / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        return json.loads(marker.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # unreadable: treat as incomplete, the unit is redone
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the packages that determine the group-level numbers."""
+    import safetensors
+    import sklearn
+
+    from neurossm_app import __version__
+
+    return {
+        "neurossm-app": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "scikit-learn": sklearn.__version__,
+        "safetensors": safetensors.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def predictions_frame(
+    dataset: GroupDataset, test: np.ndarray, proba: np.ndarray, model: str, fold: int, seed: int
+) -> pd.DataFrame:
+    """One row per held-out scan: identity, fold, seed, model, labels and ``prob_<class>``.
+
+    Parameters
+    ----------
+    dataset : GroupDataset
+    test : numpy.ndarray, (N_test,) int
+        Indices of the held-out scans in ``dataset``.
+    proba : numpy.ndarray, (N_test, C)
+    model, fold, seed
+        Identify the unit.
+    """
+    rows: dict[str, Any] = {"scan": [dataset.scans[i].name for i in test]}
+    for entity in ENTITY_COLUMNS:
+        rows[entity] = [dataset.scans[i].entities.get(entity) for i in test]
+    rows["fold"] = fold
+    rows["seed"] = seed
+    rows["model"] = model
+    rows["true_label"] = [dataset.classes[dataset.labels[i]] for i in test]
+    rows["predicted_label"] = [dataset.classes[k] for k in proba.argmax(axis=1)]
+    for k, name in enumerate(dataset.classes):
+        rows[f"prob_{name}"] = np.round(proba[:, k], 6)
+    return pd.DataFrame(rows)
+
+
+def run_unit(
+    dataset: GroupDataset,
+    train: np.ndarray,
+    test: np.ndarray,
+    fold: int,
+    seed: int,
+    settings: GroupSettings,
+    run_dir: Path,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Train NeuroSSM (and the baselines) on ``train``, test on ``test``, write the unit's files.
+
+    Parameters
+    ----------
+    dataset : GroupDataset
+    train, test : numpy.ndarray of int
+        Scan indices of this fold.
+    fold, seed : int
+    settings : GroupSettings
+    run_dir : Path
+        ``OUTPUT_DIR/group/<run-name>``.
+    device : torch.device
+
+    Returns
+    -------
+    dict
+        The completion marker written (``unit.json``).
+    """
+    from neurossm_app.files import write_json, write_tsv
+
+    started = time.time()
+    folder = unit_dir(run_dir, fold, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"fold-{fold} seed-{seed}"
+    n_classes = len(dataset.classes)
+    train_series = [dataset.series[i] for i in train]
+    test_series = [dataset.series[i] for i in test]
+    train_labels, test_labels = dataset.labels[train], dataset.labels[test]
+    common = {
+        "fold": fold,
+        "seed": seed,
+        "n_train_scans": len(train),
+        "n_test_scans": len(test),
+        "n_test_subjects": len({dataset.scans[i].subject for i in test}),
+    }
+    LOGGER.info(
+        "unit %s: %d training scan(s), %d test scan(s) of %d subject(s)",
+        name,
+        len(train),
+        len(test),
+        common["n_test_subjects"],
+    )
+
+    seed_everything(unit_seed(seed, fold))
+    config = {"n_rois": len(dataset.roi_names), "n_classes": n_classes, **settings.model_fields()}
+    model, model_config = build_neurossm(config)
+    train_settings = TrainSettings(
+        window=settings.dynamic_length,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+    )
+    history = train_model(
+        model, train_series, train_labels, n_classes, train_settings, unit_seed(seed, fold) + 1, device, name
+    )
+    proba = predict_proba(model, test_series, device, settings.batch_size)
+    metrics = [{"model": "neurossm", **common, **classification_metrics(test_labels, proba)}]
+    predictions = [predictions_frame(dataset, test, proba, "neurossm", fold, seed)]
+    trained_s = time.time() - started
+
+    for baseline in settings.baselines:
+        # Only fc-logreg exists; settings were checked against KNOWN_BASELINES.
+        base_proba = fit_predict_fc_logreg(train_series, train_labels, test_series, n_classes, seed)
+        metrics.append({"model": baseline, **common, **classification_metrics(test_labels, base_proba)})
+        predictions.append(predictions_frame(dataset, test, base_proba, baseline, fold, seed))
+
+    checkpoint = checkpoint_path(run_dir, fold, seed)
+    info = save_checkpoint(
+        checkpoint,
+        model.cpu(),
+        {
+            "model": "neurossm",
+            "config": model_config,
+            "classes": list(dataset.classes),
+            "target": settings.target,
+            "atlas": dataset.atlas_label,
+            "roi_names": list(dataset.roi_names),
+            "normalization": NORMALIZATION,
+            "dynamic_length": settings.dynamic_length,
+            "fold": fold,
+            "seed": seed,
+            "run_name": settings.run_name,
+        },
+    )
+    write_tsv(folder / "history.tsv", history)
+    write_tsv(folder / "metrics.tsv", pd.DataFrame(metrics, columns=list(METRIC_COLUMNS)))
+    write_tsv(folder / "predictions.tsv", pd.concat(predictions, ignore_index=True))
+    marker = {
+        "fold": fold,
+        "seed": seed,
+        "complete": True,
+        "checkpoint": str(checkpoint.relative_to(run_dir)),
+        "checkpoint_sha256": info["sha256"],
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "neurossm_seconds": round(trained_s, 2),
+        "total_seconds": round(time.time() - started, 2),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "software": software_versions(),
+    }
+    write_json(folder / MARKER, marker)  # last: marks the unit complete
+    summary = ", ".join(f"{m['model']} accuracy {m['accuracy']:.3f}" for m in metrics)
+    LOGGER.info("unit %s done in %.0f s: %s", name, marker["total_seconds"], summary)
+    return marker
