@@ -75,7 +75,9 @@ def select_confounds(
     if not kwargs["strategy"]:
         return None, None
     try:
-        confounds, sample_mask = load_confounds(os.fspath(bold_file), **kwargs)
+        # demean=False: regressors equal the TSV's columns, so the sidecar reproduces them exactly
+        # (nilearn.signal.clean standardizes them anyway).
+        confounds, sample_mask = load_confounds(os.fspath(bold_file), demean=False, **kwargs)
     except (ValueError, FileNotFoundError) as err:
         raise DataError(
             f"cannot read fMRIPrep confounds for {os.fspath(bold_file)} with strategy "

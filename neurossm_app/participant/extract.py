@@ -139,6 +139,7 @@ def run_sidecar(
         "Atlas": atlas_label,
         "AtlasFile": os.fspath(atlas_file),
         "Strategy": "mean",
+        "Precision": "float64",
         "ConfoundStrategy": settings.strategy,
         "ConfoundRegressors": clean_metadata["ConfoundRegressors"],
         "ConfoundNaNHandling": "first-row n/a copied from the second row (nilearn load_confounds)",

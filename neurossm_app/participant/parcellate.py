@@ -8,7 +8,9 @@ is what ``nilearn.maskers.NiftiLabelsMasker(mask_img=...)`` computes.
 
 from __future__ import annotations
 
+import gzip
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -80,7 +82,7 @@ def parcel_means(
     labels: np.ndarray,
     mask: np.ndarray,
     indices: np.ndarray,
-    block_size: int = 64,
+    block_size: int = 32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean BOLD signal per ROI within the brain mask.
 
@@ -92,6 +94,7 @@ def parcel_means(
         See :func:`prepare_layout`.
     block_size
         Volumes read at a time; bounds memory at about X*Y*Z*block_size*8 bytes.
+        The file is read once, front to back.
 
     Returns
     -------
@@ -113,17 +116,58 @@ def parcel_means(
             f"no atlas ROI overlaps the brain mask of {bold_file}; is the run in MNI152NLin2009cAsym?"
         )
     n_vols = img.shape[3]
-    n_vox = int(np.prod(img.shape[:3]))
     signals = np.full((n_vols, len(indices)), np.nan)
-    for start in range(0, n_vols, block_size):
-        stop = min(start + block_size, n_vols)
-        block = np.asarray(img.dataobj[..., start:stop], dtype=np.float64)  # (X, Y, Z, b)
-        block = block.reshape(n_vox, stop - start, order="F")[layout.order]  # (V_roi, b)
-        if not np.isfinite(block).all():
+    for start, block in _volume_blocks(img, bold_file, block_size):  # block: (b, X*Y*Z) float32
+        stop = start + block.shape[0]
+        roi_voxels = block[:, layout.order]  # (b, V_roi)
+        if not np.isfinite(roi_voxels).all():
             raise DataError(
                 f"{bold_file} has NaN or Inf values inside the brain mask (volumes {start}-{stop - 1}); "
                 "check the preprocessing of this run."
             )
-        sums = np.add.reduceat(block, layout.starts, axis=0)  # (n_present, b)
-        signals[start:stop, layout.present] = (sums / layout.counts[layout.present, None]).T
+        sums = np.add.reduceat(roi_voxels, layout.starts, axis=1, dtype=np.float64)  # (b, n_present)
+        signals[start:stop, layout.present] = sums / layout.counts[layout.present]
     return signals, layout.coverage
+
+
+def _open_stream(path: str | os.PathLike):
+    """Open a (possibly gzipped) file for one sequential pass; ISA-L inflates ~1.6x faster than zlib."""
+    if not os.fspath(path).endswith(".gz"):
+        return open(path, "rb")
+    try:
+        from isal import igzip
+    except ImportError:  # optional speed-up; zlib gives the same bytes
+        return gzip.open(path, "rb")
+    return igzip.open(path, "rb")
+
+
+def _volume_blocks(
+    img: nib.spatialimages.SpatialImage, path, block_size: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(first_volume, (b, n_voxels) float32)`` blocks of a 4D image in one sequential read.
+
+    NIfTI stores each volume contiguously (Fortran order), so a block of volumes is one run of
+    bytes: reading them in order never seeks back, which matters for gzip. Images whose data
+    are not a plain on-disk array fall back to nibabel slicing.
+    """
+    proxy = img.dataobj
+    n_vox = int(np.prod(img.shape[:3]))
+    n_vols = img.shape[3]
+    if not (nib.is_proxy(proxy) and getattr(proxy, "order", "F") == "F" and hasattr(proxy, "offset")):
+        for start in range(0, n_vols, block_size):
+            block = np.asarray(proxy[..., start : start + block_size], dtype=np.float32)
+            yield start, block.reshape(n_vox, -1, order="F").T
+        return
+    dtype = np.dtype(proxy.dtype)
+    slope, inter = float(proxy.slope), float(proxy.inter)
+    with _open_stream(path) as stream:
+        stream.seek(int(proxy.offset))
+        for start in range(0, n_vols, block_size):
+            count = min(block_size, n_vols - start)
+            buffer = stream.read(count * n_vox * dtype.itemsize)
+            if len(buffer) != count * n_vox * dtype.itemsize:
+                raise DataError(f"{path} ends early (volume {start} of {n_vols}); the file is truncated.")
+            block = np.frombuffer(buffer, dtype=dtype).reshape(count, n_vox).astype(np.float32)
+            if slope not in (0.0, 1.0) or inter != 0.0:
+                block = block * np.float32(slope) + np.float32(inter)
+            yield start, block

@@ -1,0 +1,44 @@
+"""Shared fixtures: synthetic datasets, and atlas caches the real fetchers read offline.
+
+TemplateFlow reads ``TEMPLATEFLOW_HOME`` when it is first imported, so the variables point at a
+per-process folder before any test runs; the ``atlas_cache`` fixture fills it before anything
+imports templateflow.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("NIPYPE_NO_ET", "1")
+_ATLAS_CACHE = Path(tempfile.mkdtemp(prefix="neurossm-test-atlases-"))
+os.environ["TEMPLATEFLOW_HOME"] = str(_ATLAS_CACHE / "templateflow")
+os.environ["NILEARN_DATA"] = str(_ATLAS_CACHE / "nilearn_data")
+os.environ["TEMPLATEFLOW_AUTOUPDATE"] = "0"
+
+
+@pytest.fixture(scope="session")
+def atlas_cache() -> Path:
+    """The synthetic Schaefer-400 and AAL3v2 atlases, where TemplateFlow and nilearn look."""
+    from neurossm_app.synthetic.atlas import install_atlases
+
+    install_atlases(_ATLAS_CACHE)
+    return _ATLAS_CACHE
+
+
+def make_synthetic(out_dir: Path, atlas_cache: Path, **options) -> Path:
+    """A synthetic BIDS + fMRIPrep dataset whose atlases live in the shared test cache."""
+    from neurossm_app.synthetic import make_dataset
+
+    return Path(make_dataset(out_dir, atlas_cache=atlas_cache, **options))
+
+
+@pytest.fixture(scope="session")
+def rest_dataset(tmp_path_factory, atlas_cache) -> Path:
+    """Four subjects, one resting-state run of 100 volumes each."""
+    return make_synthetic(
+        tmp_path_factory.mktemp("rest") / "ds", atlas_cache, subjects=4, volumes=100, seed=1
+    )
