@@ -141,13 +141,15 @@ def main() -> None:
         )
 
     print(
-        "| T | .nii.gz MB | read s | ours s | masker s | masker/ours | ours/read | read MB | ours MB | masker MB | max rel. error |"
+        "| T | .nii.gz MB | read s | ours s | masker s | masker/ours | ours/read "
+        "| read MB | ours MB | masker MB | max rel. error |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         r, o, m = row["read"], row["ours"], row["masker"]
         print(
-            f"| {row['volumes']} | {row['gz_mb']:.0f} | {r['wall_s']:.1f} | {o['wall_s']:.1f} | {m['wall_s']:.1f} "
+            f"| {row['volumes']} | {row['gz_mb']:.0f} | {r['wall_s']:.1f} | {o['wall_s']:.1f} "
+            f"| {m['wall_s']:.1f} "
             f"| {m['wall_s'] / o['wall_s']:.2f} | {o['wall_s'] / r['wall_s']:.2f} | {r['peak_mb']:.0f} "
             f"| {o['peak_mb']:.0f} | {m['peak_mb']:.0f} | {row['rel_error']:.1e} |"
         )
