@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(opts.verbose)
     try:
         check_options(opts)
+        limit_threads(opts.omp_nthreads)
         if opts.analysis_level == "participant":
             from neurossm_app.cli.participant import run_participant
 
@@ -53,6 +54,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EX_FAILURE
     return 0
+
+
+def limit_threads(n_threads: int) -> None:
+    """Bound numpy/BLAS, numba and torch threads here and in worker processes started later."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = str(n_threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n_threads)
 
 
 def _setup_logging(verbosity: int) -> None:
