@@ -12,8 +12,8 @@
           ..._space-MNI152NLin2009cAsym[_res-2]_desc-brain_mask.nii.gz
           ..._desc-confounds_timeseries.tsv (+ .json)
       sourcedata/synthetic_truth.json
-      sourcedata/atlas-cache/templateflow/     -> TEMPLATEFLOW_HOME
-      sourcedata/atlas-cache/nilearn_data/     -> NILEARN_DATA (or fetch_atlas_aal(data_dir=...))
+      sourcedata/atlases/templateflow/     -> TEMPLATEFLOW_HOME
+      sourcedata/atlases/nilearn_data/     -> NILEARN_DATA (or fetch_atlas_aal(data_dir=...))
 
 Atlas lookup: set ``TEMPLATEFLOW_HOME=<cache>/templateflow`` *before* templateflow is imported
 (it reads the variable at import); with the directory present and non-empty, templateflow uses it

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="atlas_cache",
         type=Path,
         default=None,
-        help="where to put the atlases (default OUT_DIR/sourcedata/atlas-cache)",
+        help="where to put the atlases (default OUT_DIR/sourcedata/atlases); no folder on the path may "
+        "look like a TemplateFlow entity (atlas-*, res-*, desc-*, ...)",
     )
     other.add_argument(
         "--force", action="store_true", help="replace OUT_DIR if it is a previous neurossm-synth dataset"
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     except SyntheticDatasetError as error:
         sys.stderr.write(f"neurossm-synth: error: {error}\n")
         return error.exit_code
-    cache = options.atlas_cache.absolute() if options.atlas_cache else out_dir / "sourcedata" / "atlas-cache"
+    cache = options.atlas_cache.absolute() if options.atlas_cache else out_dir / "sourcedata" / "atlases"
     print(f"raw BIDS dataset:      {out_dir}")
     print(f"fMRIPrep derivatives:  {out_dir / 'derivatives' / 'fmriprep'}")
     print(f"planted effects:       {out_dir / 'sourcedata' / 'synthetic_truth.json'}")

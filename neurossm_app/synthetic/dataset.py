@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -152,7 +153,7 @@ def make_dataset(
     seed : int
         Seeds participants, noise, motion and effect timing (the atlas geometry is fixed).
     atlas_cache : str or pathlib.Path, optional
-        Where the atlases go; default ``out_dir/sourcedata/atlas-cache``.
+        Where the atlases go; default ``out_dir/sourcedata/atlases``.
     sessions : sequence of str, optional
         Session labels; ``None`` for no session level.
     force : bool
@@ -192,10 +193,11 @@ def _make_dataset(
 ) -> Path:
     out_dir = Path(out_dir).absolute()
     _check_options(subjects, tasks, runs, volumes, tr, voxel_size, sessions)
-    _prepare_output(out_dir, force)
     cache_dir = (
-        Path(atlas_cache).absolute() if atlas_cache is not None else out_dir / "sourcedata" / "atlas-cache"
+        Path(atlas_cache).absolute() if atlas_cache is not None else out_dir / "sourcedata" / "atlases"
     )
+    _check_atlas_cache(cache_dir)
+    _prepare_output(out_dir, force)
     install_atlases(cache_dir)
 
     rng = np.random.default_rng(seed)
@@ -246,6 +248,24 @@ def _make_dataset(
     }
     write_json(out_dir / "sourcedata" / "synthetic_truth.json", truth_record(effects, parameters))
     return out_dir
+
+
+#: TemplateFlow parses entities from the whole absolute path, so a folder named e.g.
+#: ``atlas-cache`` above TEMPLATEFLOW_HOME makes every atlas query come back empty.
+_TEMPLATEFLOW_ENTITY_FOLDER = re.compile(
+    r"^(tpl|cohort|res|den|atlas|seg|scale|roi|label|desc|space|hemi|from|to|mode)-", re.IGNORECASE
+)
+
+
+def _check_atlas_cache(cache_dir: Path) -> None:
+    clashes = [part for part in (cache_dir / "templateflow").parts if _TEMPLATEFLOW_ENTITY_FOLDER.match(part)]
+    if clashes:
+        raise SyntheticDatasetError(
+            f"atlas cache {cache_dir} has folder(s) {', '.join(clashes)} that TemplateFlow would read as "
+            "BIDS entities (its queries would find nothing); "
+            "choose a path without 'atlas-', 'res-', ... folders",
+            exit_code=64,
+        )
 
 
 def _check_options(
