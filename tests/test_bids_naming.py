@@ -96,5 +96,5 @@ def test_workflow_graph_builds(tmp_path, strategy, n_runs):
         runs, atlas, CleaningSettings(strategy=strategy), tmp_path / "out", tmp_path / "w"
     )
     names = wf.list_node_names()
-    assert len(names) == 4 * n_runs
+    assert len(names) == 5 * n_runs
     assert sum(name.endswith("ds_timeseries") for name in names) == n_runs

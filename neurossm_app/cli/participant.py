@@ -66,6 +66,11 @@ def run_participant(opts: argparse.Namespace) -> None:
     dataset_description(output_dir, [opts.bids_dir])
     write_citation(output_dir, atlas=atlas, settings=settings)
     _run_workflow(runs, atlas, settings, output_dir, opts)
+    from neurossm_app.reports.participant import build_participant_report
+
+    for subject in subjects:
+        report = build_participant_report(output_dir, subject)
+        LOGGER.info("report: %s", report)
     LOGGER.info("done: ROI time series for %d run(s) are in %s", len(runs), output_dir)
 
 

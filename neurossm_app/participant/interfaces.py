@@ -150,3 +150,50 @@ class DerivativesSink(SimpleInterface):
         )
         self._results["out_files"] = [str(p) for p in written]
         return runtime
+
+
+class _ReportletsInputSpec(BaseInterfaceInputSpec):
+    output_dir = traits.Str(mandatory=True, desc="OUTPUT_DIR")
+    entities = traits.Dict(mandatory=True, desc="run entities (subject, session, task, run, ...)")
+    raw_file = File(exists=True, mandatory=True, desc="raw parcel means")
+    clean_file = File(exists=True, mandatory=True, desc="denoised parcel signals")
+    coverage_file = File(exists=True, mandatory=True, desc="per-ROI coverage")
+    metadata_file = File(exists=True, mandatory=True, desc="cleaning metadata JSON (censored volumes)")
+    confounds_file = File(exists=True, mandatory=True, desc="fMRIPrep confounds TSV (framewise displacement)")
+    atlas_file = File(exists=True, mandatory=True, desc="atlas on the BOLD grid")
+    mask_file = File(exists=True, mandatory=True, desc="brain mask")
+    indices = traits.List(traits.Int, mandatory=True, desc="label values, in column order")
+    fd_threshold = traits.Either(None, traits.Float, desc="censoring threshold, for the motion plot")
+
+
+class _ReportletsOutputSpec(TraitedSpec):
+    out_files = traits.List(File(exists=True), desc="SVG figures")
+
+
+class RunReportlets(SimpleInterface):
+    """Draw one run's report figures into ``OUTPUT_DIR/sub-X/figures``."""
+
+    input_spec = _ReportletsInputSpec
+    output_spec = _ReportletsOutputSpec
+    always_run = True
+
+    def _run_interface(self, runtime):
+        from neurossm_app.reports.participant import write_run_reportlets
+
+        with open(self.inputs.metadata_file) as handle:
+            censored = json.load(handle)["CensoredVolumes"]
+        written = write_run_reportlets(
+            self.inputs.output_dir,
+            self.inputs.entities,
+            self.inputs.raw_file,
+            self.inputs.clean_file,
+            self.inputs.coverage_file,
+            self.inputs.confounds_file,
+            self.inputs.atlas_file,
+            self.inputs.mask_file,
+            list(self.inputs.indices),
+            censored,
+            self.inputs.fd_threshold,
+        )
+        self._results["out_files"] = [str(p) for p in written]
+        return runtime

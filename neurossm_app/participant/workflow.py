@@ -15,6 +15,7 @@ from neurossm_app.participant.interfaces import (
     DerivativesSink,
     Parcellate,
     ResampleAtlas,
+    RunReportlets,
 )
 
 
@@ -40,8 +41,10 @@ def init_run_wf(
 
     Outputs
     -------
-    sink.out_files
+    ds_timeseries.out_files
         The time-series TSV, coverage TSV and JSON sidecar.
+    ds_report.out_files
+        The run's report figures (SVG) in ``OUTPUT_DIR/sub-X/figures``.
     """
     workflow = pe.Workflow(name=name)
     resample = pe.Node(
@@ -75,11 +78,25 @@ def init_run_wf(
         name="ds_timeseries",
         run_without_submitting=True,
     )
+    ds_report = pe.Node(
+        RunReportlets(
+            output_dir=str(Path(output_dir).resolve()),
+            entities=dict(run.entities),
+            confounds_file=str(run.confounds),
+            mask_file=str(run.mask),
+            indices=list(atlas.indices),
+            fd_threshold=settings.fd_threshold,
+        ),
+        name="ds_report",
+    )
     workflow.connect([
         (resample, parcellate, [("out_file", "atlas_file")]),
         (parcellate, clean, [("raw_file", "raw_file"), ("coverage_file", "coverage_file")]),
         (clean, ds_timeseries, [("clean_file", "clean_file"), ("metadata_file", "metadata_file")]),
         (parcellate, ds_timeseries, [("coverage_file", "coverage_file")]),
+        (resample, ds_report, [("out_file", "atlas_file")]),
+        (parcellate, ds_report, [("raw_file", "raw_file"), ("coverage_file", "coverage_file")]),
+        (clean, ds_report, [("clean_file", "clean_file"), ("metadata_file", "metadata_file")]),
     ])  # fmt: skip
     return workflow
 

@@ -1,0 +1,107 @@
+"""A tiny HTML writer for reports: one self-contained file, figures inline, numbers in tables.
+
+Pages read well offline and in a text browser: every figure has a heading and a caption, and
+every number a figure shows is also in a table.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+_STYLE = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 1100px; color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #345; padding-bottom: .2em; }
+h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: .8em 0; font-size: 90%; }
+th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; }
+th { background: #eef2f5; }
+figure { margin: 1em 0; }
+figure svg { max-width: 100%; height: auto; }
+figcaption { color: #555; font-size: 90%; }
+nav ul { columns: 2; }
+.muted { color: #777; }
+"""
+
+
+@dataclass
+class Section:
+    """A titled part of a report: paragraphs, tables and figures in order."""
+
+    title: str
+    anchor: str
+    parts: list[str] = field(default_factory=list)
+
+    def text(self, paragraph: str) -> Section:
+        """Add a paragraph (plain text, escaped)."""
+        self.parts.append(f"<p>{html.escape(paragraph)}</p>")
+        return self
+
+    def heading(self, title: str) -> Section:
+        """Add a sub-heading."""
+        self.parts.append(f"<h3>{html.escape(title)}</h3>")
+        return self
+
+    def table(self, frame: pd.DataFrame, caption: str | None = None, float_format: str = "{:.3f}") -> Section:
+        """Add a table (index ignored)."""
+        self.parts.append(table_html(frame, caption, float_format))
+        return self
+
+    def figure(self, svg: str, caption: str) -> Section:
+        """Add an inline SVG figure with a caption."""
+        self.parts.append(
+            f'<figure role="img">{_strip_xml_header(svg)}<figcaption>{html.escape(caption)}'
+            "</figcaption></figure>"
+        )
+        return self
+
+
+def table_html(frame: pd.DataFrame, caption: str | None = None, float_format: str = "{:.3f}") -> str:
+    """An HTML table of ``frame``; floats formatted, NaN shown as ``n/a``."""
+    formatted = frame.copy()
+    for column in formatted.columns:
+        if pd.api.types.is_float_dtype(formatted[column]):
+            formatted[column] = formatted[column].map(
+                lambda v: "n/a" if pd.isna(v) else float_format.format(v)
+            )
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in formatted.columns)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+        for row in formatted.itertuples(index=False)
+    )
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def render_page(title: str, intro: str, sections: list[Section]) -> str:
+    """The whole report as one HTML string."""
+    toc = "".join(f'<li><a href="#{s.anchor}">{html.escape(s.title)}</a></li>' for s in sections)
+    body = "".join(
+        f'<section id="{s.anchor}"><h2>{html.escape(s.title)}</h2>{"".join(s.parts)}</section>'
+        for s in sections
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p><nav><ul>{toc}</ul></nav>{body}"
+        "</body></html>\n"
+    )
+
+
+def figure_to_svg(fig) -> str:
+    """Serialize a matplotlib figure as SVG text and close it."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _strip_xml_header(svg: str) -> str:
+    start = svg.find("<svg")
+    return svg[start:] if start >= 0 else svg
