@@ -10,6 +10,7 @@ command.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +117,12 @@ def _templateflow_atlas(spec: AtlasSpec) -> Atlas:
         ) from None
     image, table = _single(image), _single(table)
     if image is None or table is None or not image.is_file() or not table.is_file():
+        entity = re.search(r"[/_]((?:atlas|desc|res|tpl|cohort|den|label|hemi|space)-[^/_]*)", home)
+        if entity:
+            raise InputMissingError(
+                f"TEMPLATEFLOW_HOME={home} contains '{entity.group(1)}', which TemplateFlow reads as a "
+                "BIDS entity, so no atlas matches; move the TemplateFlow folder to a path without it."
+            )
         raise InputMissingError(
             f"atlas {wanted} (and its .tsv label table) not found in TEMPLATEFLOW_HOME={home}; "
             f"{_prefetch_hint(spec)}."

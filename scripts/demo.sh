@@ -8,7 +8,7 @@ mkdir -p "$demo"
 echo "== 1/3 synthetic BIDS dataset with fMRIPrep derivatives and planted effects"
 neurossm-synth "$demo/data" --subjects 24 --volumes 160 --seed 0
 
-atlas_cache="$demo/data/sourcedata/atlas-cache"
+atlas_cache="$demo/data/sourcedata/atlases"
 export TEMPLATEFLOW_HOME="$PWD/$atlas_cache/templateflow"
 export NILEARN_DATA="$PWD/$atlas_cache/nilearn_data"
 
