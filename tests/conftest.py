@@ -42,3 +42,25 @@ def rest_dataset(tmp_path_factory, atlas_cache) -> Path:
     return make_synthetic(
         tmp_path_factory.mktemp("rest") / "ds", atlas_cache, subjects=4, volumes=100, seed=1
     )
+
+
+@pytest.fixture(scope="session")
+def participant_outputs(rest_dataset, tmp_path_factory) -> Path:
+    """OUTPUT_DIR after the participant level (Schaefer-400, 36P) on ``rest_dataset``."""
+    from neurossm_app.cli import main
+
+    out = tmp_path_factory.mktemp("participant") / "out"
+    argv = [
+        str(rest_dataset),
+        str(out),
+        "participant",
+        "--skip-bids-validation",
+        "-w",
+        str(out.parent / "work"),
+        "--nprocs",
+        "2",
+        "--confounds",
+        "36P",
+    ]
+    assert main(argv) == 0
+    return out

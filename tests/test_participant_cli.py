@@ -14,25 +14,8 @@ from neurossm_app.files import read_tsv
 
 
 @pytest.fixture(scope="module")
-def schaefer_outputs(rest_dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("participant") / "out"
-    work = out.parent / "work"
-    code = main(
-        [
-            str(rest_dataset),
-            str(out),
-            "participant",
-            "--skip-bids-validation",
-            "-w",
-            str(work),
-            "--nprocs",
-            "2",
-            "--confounds",
-            "36P",
-        ]
-    )
-    assert code == 0
-    return out, work
+def schaefer_outputs(participant_outputs):
+    return participant_outputs, participant_outputs.parent / "work"
 
 
 def _series_files(out):
