@@ -259,9 +259,10 @@ def check(
             ]
         else:
             resolvable.append(key)
-    if resolvable:
+    if any(ATLASES[key].source == "templateflow" for key in resolvable):
         _set_templateflow_home(templateflow_home)
         os.environ.setdefault("TEMPLATEFLOW_AUTOUPDATE", "0")
+    if resolvable:
         from neurossm_app.atlases import get_atlas
 
         for key in resolvable:
