@@ -92,9 +92,7 @@ def test_matches_reference_forward_and_backward(backend, softplus, optional):
     inputs = make_inputs(3, 19, 7, 53, softplus)
     used = {"u", "delta", "A", "B", "C", *optional}
     ref_out, ref_grads = run_with_grads(reference_scan, inputs, used, softplus)
-    out, grads = run_with_grads(
-        lambda **kw: selective_scan(**kw, backend=backend), inputs, used, softplus
-    )
+    out, grads = run_with_grads(lambda **kw: selective_scan(**kw, backend=backend), inputs, used, softplus)
     assert out.shape == (3, 19, 53) and out.dtype == torch.float32
     assert rel_err(out, ref_out) < 1e-5
     assert set(grads) == used
@@ -108,8 +106,7 @@ def test_cpu_lengths(length):
     inputs = make_inputs(2, 21, 5, length, True, seed=length)
     used = set(NAMES)
     ref_out, ref_grads = run_with_grads(reference_scan, inputs, used, True)
-    out, grads = run_with_grads(lambda **kw: selective_scan(**kw, backend="cpu"),
-                                inputs, used, True)
+    out, grads = run_with_grads(lambda **kw: selective_scan(**kw, backend="cpu"), inputs, used, True)
     assert rel_err(out, ref_out) < 1e-5
     for name in used:
         assert rel_err(grads[name], ref_grads[name]) < 1e-5, name
@@ -120,8 +117,7 @@ def test_cpu_long_sequence_float32_error_bound():
     inputs = make_inputs(2, 18, 16, 2048, True, seed=7)
     used = set(NAMES)
     ref_out, ref_grads = run_with_grads(reference_scan, inputs, used, True)
-    out, grads = run_with_grads(lambda **kw: selective_scan(**kw, backend="cpu"),
-                                inputs, used, True)
+    out, grads = run_with_grads(lambda **kw: selective_scan(**kw, backend="cpu"), inputs, used, True)
     errors = {"out": rel_err(out, ref_out)}
     errors.update({k: rel_err(grads[k], ref_grads[k]) for k in used})
     assert max(errors.values()) < 1e-5, errors
@@ -132,8 +128,7 @@ def test_cpu_single_batch_uses_channel_groups():
     inputs = make_inputs(1, 50, 6, 40, True, seed=3)
     used = set(NAMES)
     ref_out, ref_grads = run_with_grads(reference_scan, inputs, used, True)
-    out, grads = run_with_grads(lambda **kw: selective_scan(**kw, backend="cpu"),
-                                inputs, used, True)
+    out, grads = run_with_grads(lambda **kw: selective_scan(**kw, backend="cpu"), inputs, used, True)
     assert rel_err(out, ref_out) < 1e-5
     for name in used:
         assert rel_err(grads[name], ref_grads[name]) < 1e-5, name
@@ -143,8 +138,7 @@ def test_cpu_float64_is_exact():
     inputs = make_inputs(2, 17, 4, 30, True, seed=5, dtype=torch.float64)
     used = set(NAMES)
     ref_out, ref_grads = run_with_grads(reference_scan, inputs, used, True)
-    out, grads = run_with_grads(lambda **kw: selective_scan(**kw, backend="cpu"),
-                                inputs, used, True)
+    out, grads = run_with_grads(lambda **kw: selective_scan(**kw, backend="cpu"), inputs, used, True)
     assert out.dtype == torch.float64
     assert rel_err(out, ref_out) < 1e-12
     for name in used:
@@ -154,8 +148,7 @@ def test_cpu_float64_is_exact():
 def test_cpu_matches_torch_backend():
     inputs = make_inputs(4, 33, 16, 300, True, seed=11)
     used = set(NAMES)
-    out_cpu, g_cpu = run_with_grads(lambda **kw: selective_scan(**kw, backend="cpu"),
-                                    inputs, used, True)
+    out_cpu, g_cpu = run_with_grads(lambda **kw: selective_scan(**kw, backend="cpu"), inputs, used, True)
     out_t, g_t = run_with_grads(selective_scan_torch, inputs, used, True)
     assert rel_err(out_cpu, out_t) < 1e-5
     for name in used:
@@ -167,15 +160,13 @@ def test_cpu_respects_torch_thread_count():
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        out1 = selective_scan(**{k: inputs[k] for k in ("u", "delta", "A", "B", "C")},
-                              backend="cpu")
+        out1 = selective_scan(**{k: inputs[k] for k in ("u", "delta", "A", "B", "C")}, backend="cpu")
         import numba
 
         assert numba.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
-    out2 = selective_scan(**{k: inputs[k] for k in ("u", "delta", "A", "B", "C")},
-                          backend="cpu")
+    out2 = selective_scan(**{k: inputs[k] for k in ("u", "delta", "A", "B", "C")}, backend="cpu")
     assert torch.equal(out1, out2)
 
 
