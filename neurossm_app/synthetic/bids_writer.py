@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from neurossm_app import __version__
-from neurossm_app.synthetic.files import write_json, write_nifti, write_tsv
+from neurossm_app.synthetic.files import write_json, write_masked_series, write_nifti, write_tsv
 
 GENERATOR_NAME = "neurossm-synth"
 #: fMRIPrep release whose naming (``desc-confounds_timeseries``, ``c_/w_comp_cor``) we mimic.
@@ -171,8 +171,9 @@ def write_derivative_run(
 
     Parameters
     ----------
-    bold : numpy.ndarray of float32, shape (X, Y, Z, T)
-    mask : numpy.ndarray of uint8, shape (X, Y, Z)
+    bold : numpy.ndarray of float32, shape (V, T)
+        Time series of the in-mask voxels (C order of ``mask``).
+    mask : numpy.ndarray of bool, shape (X, Y, Z)
     confounds : pandas.DataFrame, shape (T, n_confounds)
 
     Returns
@@ -181,9 +182,9 @@ def write_derivative_run(
         As :func:`derivative_paths`.
     """
     paths = derivative_paths(fmriprep_dir, key, voxel_size)
-    write_nifti(paths["bold"], bold, affine, tr=tr, xform_code="mni")
+    write_masked_series(paths["bold"], bold, mask, affine, tr, xform_code="mni")
     write_json(paths["bold_json"], {"RepetitionTime": tr, "SkullStripped": True, "TaskName": key.task})
-    write_nifti(paths["mask"], mask, affine, xform_code="mni")
+    write_nifti(paths["mask"], mask.astype(np.uint8), affine, xform_code="mni")
     write_tsv(paths["confounds"], confounds, float_format="%.10g")
     write_json(paths["confounds_json"], confounds_metadata)
     return paths

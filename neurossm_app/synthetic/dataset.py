@@ -211,7 +211,10 @@ def _make_dataset(
     stride = max(1, int(round(RAW_BOLD_VOXEL_MM / voxel_size)))
     raw_affine = grid.affine.copy()
     raw_affine[:3, :3] *= stride
-    mask_volume = anatomy.brain.astype(np.uint8)
+    raw_shape = tuple(len(range(0, n, stride)) for n in grid.shape)
+    brain_ijk = np.argwhere(anatomy.brain)  # (V, 3), the row order of the simulated BOLD
+    on_raw_lattice = np.all(brain_ijk % stride == 0, axis=1)
+    raw_ijk = tuple((brain_ijk[on_raw_lattice] // stride).T)
     tissue_for_confounds = {"csf": anatomy.tissue["csf"], "white_matter": anatomy.tissue["white_matter"]}
     session_labels: list[str | None] = list(sessions) if sessions else [None]
 
@@ -227,14 +230,13 @@ def _make_dataset(
                 anatomy, weights, _run_effects(effects, row, key.task, scales), subject_rng, volumes, tr
             )
             confounds, metadata = confounds_table(bold, tissue_for_confounds, motion, tr)
-            volume = np.zeros((*grid.shape, volumes), dtype=np.float32)
-            volume[anatomy.brain] = bold
             write_derivative_run(
-                fmriprep_dir, key, voxel_size, volume, mask_volume, grid.affine, tr, confounds, metadata
+                fmriprep_dir, key, voxel_size, bold, anatomy.brain, grid.affine, tr, confounds, metadata
             )
-            raw = np.round(volume[::stride, ::stride, ::stride]).astype(np.int16)
+            raw = np.zeros((*raw_shape, volumes), dtype=np.int16)
+            raw[raw_ijk] = np.round(bold[on_raw_lattice]).astype(np.int16)
             write_raw_bold(out_dir, key, raw, raw_affine, tr)
-            del volume, bold
+            del bold
 
     parameters = {
         "subjects": subjects,

@@ -29,7 +29,7 @@ from neurossm_app.synthetic.signals import (
 BASELINE = {"cortex": 900.0, "deep_grey": 860.0, "white_matter": 750.0, "csf": 1300.0}
 WHITE_NOISE_SD = {"cortex": 12.0, "deep_grey": 12.0, "white_matter": 8.0, "csf": 15.0}
 #: BOLD units per mm of translation and per radian of rotation (before the spatial weights).
-MOTION_GAIN = np.array([20.0, 20.0, 20.0, 1000.0, 1000.0, 1000.0])
+MOTION_GAIN = np.array([6.0, 6.0, 6.0, 300.0, 300.0, 300.0])
 
 
 @dataclass(frozen=True)
