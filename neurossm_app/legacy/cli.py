@@ -26,10 +26,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(64, f"{self.prog}: error: {message}\n")
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
-
-
 def _path(value: str) -> Path:
     return Path(value).expanduser().resolve()
 
@@ -55,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 18 filters left no scan, 64 usage (e.g. a pickle without "
         "--allow-pickle), 65 malformed data, 66 input missing, 73 cannot write (or would replace "
         "files without --force). See docs/legacy.md.",
-        formatter_class=_Formatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "preset",
@@ -85,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[],
         metavar="RELEASE",
-        help="keep only subjects whose pheno.csv Release is one of these (Q1 reproduces the "
-        "original HCP-Task subject set); default: every subject",
+        help="keep only subjects whose pheno.csv Release is one of these (Q1: the original code's "
+        "HCP-Task subject filter); default: every subject",
     )
     labels.add_argument(
         "--sample-table",
@@ -121,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--layout",
         choices=LAYOUTS,
         default="auto",
-        help="axes of each sample: auto transposes when the ROI count is on the second axis only",
+        help="axes of each sample: auto (default) transposes when the ROI count is on the second "
+        "axis only; roi-time or time-roi force one",
     )
 
     out = parser.add_argument_group("Outputs")
