@@ -107,6 +107,11 @@ def run_entities(entities: dict[str, Any]) -> dict[str, Any]:
     return {k: entities[k] for k in RUN_ENTITIES if entities.get(k) not in (None, "")}
 
 
+def run_label(entities: dict[str, Any]) -> str:
+    """``sub-01_ses-A_task-rest_run-1`` from a run's entities."""
+    return "_".join(f"{_ENTITY_KEYS[k]}-{v}" for k, v in run_entities(entities).items())
+
+
 def strip_prefix(label: str, prefix: str) -> str:
     """``sub-01`` -> ``01``; also refuses labels that could escape the output directory."""
     label = label.strip()
@@ -130,7 +135,7 @@ class BoldRun:
     @property
     def name(self) -> str:
         """A readable, unique name, e.g. ``sub-01_task-rest_run-1``."""
-        return "_".join(f"{_ENTITY_KEYS[k]}-{v}" for k, v in run_entities(self.entities).items())
+        return run_label(self.entities)
 
 
 def dataset_description(

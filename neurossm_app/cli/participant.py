@@ -109,14 +109,38 @@ def _run_workflow(runs, atlas, settings, output_dir: Path, opts: argparse.Namesp
         }
     )
     workflow = init_participant_wf(runs, atlas, settings, output_dir, work_dir)
-    plugin_args = {"n_procs": opts.nprocs, "raise_insufficient": False}
+    plugin_args = {
+        "n_procs": opts.nprocs,
+        "raise_insufficient": False,
+        "status_callback": _ProgressLog(len(runs)),
+    }
     if opts.mem_mb:
         plugin_args["memory_gb"] = opts.mem_mb / 1024
     plugin = "MultiProc" if opts.nprocs > 1 and len(runs) > 1 else "Linear"
     try:
-        workflow.run(plugin=plugin, plugin_args=plugin_args if plugin == "MultiProc" else {})
+        workflow.run(
+            plugin=plugin,
+            plugin_args=plugin_args
+            if plugin == "MultiProc"
+            else {"status_callback": plugin_args["status_callback"]},
+        )
     except Exception as err:  # noqa: BLE001 - nipype wraps node errors; recover ours
         raise _error_from_crash(crash_dir, err) from None
+
+
+class _ProgressLog:
+    """nipype status callback: one log line per finished run (nipype's own lines need -v)."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.done = 0
+
+    def __call__(self, node, status: str) -> None:
+        if status == "end" and node.name == "ds_timeseries":
+            self.done += 1
+            from neurossm_app.bids import run_label
+
+            LOGGER.info("[%d/%d] %s written", self.done, self.total, run_label(node.inputs.entities))
 
 
 _OUR_ERROR = re.compile(r"neurossm_app\.errors\.(\w+): (.+)")
