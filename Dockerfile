@@ -59,8 +59,9 @@ RUN pip install --no-cache-dir "pip==${PIP_VERSION}" setuptools==75.6.0 wheel==0
       ninja==1.11.1.3 \
  && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 
-# No GPU is visible during `docker build`, so name the architectures: Ampere (8.0, 8.6), Ada (8.9)
-# and Hopper (9.0, with PTX for newer GPUs).
+# No GPU is visible during `docker build`, so torch's extension builder cannot detect one: name
+# Ampere (8.0, 8.6), Ada (8.9) and Hopper (9.0, PTX for newer). When they compile, mamba-ssm and
+# causal-conv1d add their own -gencode list (Volta, Ampere, Hopper), which takes precedence.
 ENV CUDA_HOME=/usr/local/cuda \
     TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0+PTX"
 WORKDIR /build
