@@ -81,7 +81,7 @@ def write_participant_outputs(
                         series[:, -1] = np.nan
                     censored = []
                     if with_missing and index % 5 == 2:
-                        censored = [3, 4, 40]
+                        censored = [3, 4, n_volumes - 7]
                         series[censored, :] = np.nan
                     entities = {
                         "subject": subject,
@@ -127,4 +127,4 @@ def test_generator_writes_missing_values(tmp_path):
     frame = pd.read_csv(next(out.glob("sub-02/func/*timeseries.tsv")), sep="\t", na_values="n/a")
     assert frame.iloc[:, -1].isna().all()
     frame = pd.read_csv(next(out.glob("sub-03/func/*timeseries.tsv")), sep="\t", na_values="n/a")
-    assert frame.iloc[[3, 4, 40]].isna().all().all()
+    assert frame.iloc[[3, 4, 43]].isna().all().all()

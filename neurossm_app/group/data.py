@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from neurossm_app.bids import RUN_ENTITIES, pybids_config
-from neurossm_app.errors import DataError, InputMissingError, NoFilesSelectedError, UsageError
+from neurossm_app.errors import DataError, InputMissingError, NoFilesSelectedError
 from neurossm_app.files import read_tsv
 
 LOGGER = logging.getLogger("neurossm_app")
@@ -424,9 +424,3 @@ def check_lengths(dataset: GroupDataset, window: int) -> None:
             f"pass --dynamic-length {int(lengths.min())} or less, or leave those runs out "
             "(--participant-label/--task-id/--bids-filter-file)."
         )
-
-
-def check_usage(target: str, participants_tsv: Path | None) -> None:
-    """Checks on the target before any file is read."""
-    if target != "task" and participants_tsv is None:
-        raise UsageError(f"--target {target} needs --participants-tsv.")

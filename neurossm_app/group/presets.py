@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -232,10 +232,3 @@ def check_settings(settings: GroupSettings) -> None:
         )
     if problems:
         raise UsageError("; ".join(problems) + ".")
-
-
-def with_run_name(settings: GroupSettings, run_name: str) -> GroupSettings:
-    """A copy of ``settings`` under another run name (checked)."""
-    new = replace(settings, run_name=run_name)
-    check_settings(new)
-    return new

@@ -163,6 +163,23 @@ def run_group_analysis(
     Path
         The run folder.
     """
+    # Read and check the data before creating anything: a failing call leaves no folder behind.
+    atlas_label = ATLASES[settings.atlas].bids_label
+    scans = find_timeseries(
+        output_dir,
+        atlas_label,
+        list(settings.participant_label or []),
+        list(settings.session_label or []),
+        list(settings.task_id or []),
+        run_filters,
+    )
+    dataset = load_dataset(scans, settings.target, participants_tsv, atlas_label)
+    check_lengths(dataset, settings.dynamic_length)
+    check_fold_counts(
+        dataset.labels, dataset.subjects, dataset.classes, settings.folds, settings.skip_cross_validation
+    )
+    units = select_units(settings, fold, seed)
+    device = resolve_device(settings.device)
     run_dir = run_directory(output_dir, settings.run_name)
     tag = "all" if fold is None and seed is None else f"fold-{fold}_seed-{seed}".replace("None", "all")
     with log_to_file(run_dir, tag) as log_path:
@@ -173,17 +190,6 @@ def run_group_analysis(
             run_dir,
             log_path,
         )
-        atlas_label = ATLASES[settings.atlas].bids_label
-        scans = find_timeseries(
-            output_dir,
-            atlas_label,
-            list(settings.participant_label or []),
-            list(settings.session_label or []),
-            list(settings.task_id or []),
-            run_filters,
-        )
-        dataset = load_dataset(scans, settings.target, participants_tsv, atlas_label)
-        check_lengths(dataset, settings.dynamic_length)
         summary = dataset.summary()
         missing = summary["missing_values"]
         LOGGER.info(
@@ -205,10 +211,6 @@ def run_group_analysis(
             missing["scans_with_censored_volumes"],
             100 * missing["missing_fraction"],
         )
-        check_fold_counts(
-            dataset.labels, dataset.subjects, dataset.classes, settings.folds, settings.skip_cross_validation
-        )
-        units = select_units(settings, fold, seed)
         check_or_save_config(run_dir, settings, summary)
         names = [s.name for s in dataset.scans]
         splits = build_splits(
@@ -222,7 +224,6 @@ def run_group_analysis(
             settings.test_size,
         )
         splits = load_or_save_splits(run_dir / "splits.tsv", splits, settings.run_name)
-        device = resolve_device(settings.device)
         LOGGER.info("training on %s with %d thread(s)", device, torch.get_num_threads())
         for unit_fold, unit_seed_ in units:
             if read_marker(run_dir, unit_fold, unit_seed_) is not None:

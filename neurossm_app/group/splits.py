@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from neurossm_app.errors import DataError, UsageError
-from neurossm_app.files import read_tsv, write_tsv
+from neurossm_app.files import write_tsv
 
 TRAIN_ONLY = -1  # test_fold of scans that are never held out (hold-out split)
 
@@ -35,15 +35,11 @@ def check_fold_counts(
     n_subjects = len(set(subjects))
     needed = 2 if holdout else n_folds
     if n_subjects < needed:
-        option = "--skip-cross-validation needs at least 2" if holdout else f"--folds {n_folds} needs"
-        raise UsageError(
-            f"only {n_subjects} subject(s) selected but {option} subjects; "
-            + (
-                "add subjects."
-                if holdout
-                else f"lower --folds to {max(n_subjects, 2)} or fewer, or add subjects."
-            )
+        fix = (
+            "add subjects" if holdout else f"lower --folds to {max(n_subjects, 2)} or fewer, or add subjects"
         )
+        what = "a hold-out split" if holdout else f"--folds {n_folds}"
+        raise UsageError(f"only {n_subjects} subject(s) selected but {what} needs at least {needed}; {fix}.")
     for index, name in enumerate(classes):
         n_class = len(set(subjects_arr[labels == index]))
         if n_class < needed:
@@ -148,8 +144,9 @@ def load_or_save_splits(path: Path, splits: pd.DataFrame, run_name: str) -> pd.D
         write_tsv(path, splits)
         return splits
     try:
-        saved = read_tsv(path)
-        saved = saved.astype({"seed": int, "test_fold": int, "scan": str, "subject": str, "label": str})
+        # Strings as written: subject "01" must not come back as the number 1.
+        saved = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        saved = saved.astype({"seed": int, "test_fold": int})
     except (KeyError, ValueError, pd.errors.ParserError) as err:
         raise DataError(
             f"{path} is unreadable ({type(err).__name__}); delete it with the rest of the run, "

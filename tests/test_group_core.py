@@ -1,0 +1,195 @@
+"""Group-level building blocks: presets, missing values, folds, metrics, baseline, checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from neurossm_app.errors import DataError, UsageError
+from neurossm_app.group.baseline import connectivity_features, fit_predict_fc_logreg
+from neurossm_app.group.checkpoints import load_checkpoint, load_neurossm, save_checkpoint
+from neurossm_app.group.data import check_lengths, find_timeseries, load_dataset, normalize_series
+from neurossm_app.group.evaluate import classification_metrics, predict_proba
+from neurossm_app.group.presets import load_presets, resolve_settings
+from neurossm_app.group.splits import TRAIN_ONLY, assign_test_folds, check_fold_counts
+from neurossm_app.group.train import random_windows
+from tests.test_group_fakedata import write_participant_outputs
+
+
+@pytest.mark.parametrize(
+    ("preset", "atlas", "target", "window"),
+    [
+        ("hcp-rest", "schaefer400", "participants:sex", 600),
+        ("hcp-task", "schaefer400", "task", 150),
+        ("ppmi", "aal3v2", "participants:group", 100),
+    ],
+)
+def test_presets_follow_the_study(preset, atlas, target, window):
+    settings = resolve_settings(preset, {})
+    assert (settings.atlas, settings.target, settings.dynamic_length) == (atlas, target, window)
+    assert settings.run_name == preset
+    assert (settings.d_model, settings.n_layers, settings.d_state) == (128, 2, 16)
+    assert settings.scales == (1, 2, 4) and settings.signals == ("raw", "diff") and settings.bidirectional
+
+
+def test_overrides_win_and_none_keeps_the_preset():
+    settings = resolve_settings("ppmi", {"epochs": 3, "seeds": [4, 5], "lr": None, "baselines": ["none"]})
+    assert settings.epochs == 3 and settings.seeds == (4, 5)
+    assert settings.lr == load_presets()["ppmi"]["lr"]
+    assert settings.baselines == ()
+    assert settings.units == [(f, s) for s in (4, 5) for f in range(5)]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"run_name": "../escape"}, "--run-name"),
+        ({"run_name": "a b"}, "--run-name"),
+        ({"target": "sex"}, "--target"),
+        ({"folds": 1}, "--folds"),
+        ({"seeds": [1, 1]}, "duplicates"),
+        ({"test_size": 1.5}, "--test-size"),
+    ],
+)
+def test_bad_settings_are_usage_errors(overrides, message):
+    with pytest.raises(UsageError, match=message):
+        resolve_settings("hcp-rest", overrides)
+
+
+def test_normalize_series_handles_missing_rois_and_censored_volumes():
+    rng = np.random.default_rng(0)
+    series = rng.normal(5.0, 3.0, size=(7, 31))  # (R, T)
+    series[6] = 1.0  # a constant ROI
+    series[2] = np.nan  # ROI below coverage
+    series[:, [4, 9]] = np.nan  # censored volumes
+    series[5, 11] = np.nan  # one stray value
+    normalized, missing = normalize_series(series)
+    assert normalized.shape == (7, 31) and normalized.dtype == np.float32
+    assert np.isfinite(normalized).all()
+    assert (missing.missing_rois, missing.censored_volumes) == (1, 2)
+    assert missing.missing_values == 31 + 2 * 6 + 1
+    assert np.all(normalized[2] == 0) and np.all(normalized[:, [4, 9]] == 0) and np.all(normalized[6] == 0)
+    kept = np.isfinite(series[0])
+    assert normalized[0, kept].mean() == pytest.approx(0, abs=1e-6)
+    assert normalized[0, kept].std() == pytest.approx(1, abs=1e-5)
+
+
+def test_dataset_from_participant_outputs(tmp_path):
+    bids, out = write_participant_outputs(tmp_path, n_subjects=9, n_rois=6, n_volumes=40, sessions=("1", "2"))
+    # An incomplete run (no sidecar) is skipped.
+    next(out.glob("sub-03/ses-2/func/*_timeseries.json")).unlink()
+    scans = find_timeseries(out, "Schaefer400n17")
+    assert len(scans) == 17
+    assert scans[0].name == "sub-01_ses-1_task-rest"
+    dataset = load_dataset(scans, "participants:sex", bids / "participants.tsv", "Schaefer400n17")
+    assert dataset.classes == ("F", "M")
+    assert [x.shape for x in dataset.series[:2]] == [(6, 40), (6, 40)]
+    summary = dataset.summary()
+    assert summary["n_subjects"] == 9 and summary["n_scans"] == 17
+    assert summary["missing_values"]["missing_roi_columns"] == 4  # sub-02 and sub-06, two sessions each
+    assert summary["missing_values"]["censored_volumes"] == 3 * 3  # sub-03 (one session left), sub-08 x2
+    with pytest.raises(DataError, match="--dynamic-length 40 or less"):
+        check_lengths(dataset, 41)
+
+
+def test_folds_keep_subjects_together_and_are_stratified():
+    rng = np.random.default_rng(1)
+    subjects = [f"{s:02d}" for s in range(23) for _ in range(3)]  # 3 runs each
+    subject_label = rng.integers(0, 2, size=23)
+    labels = np.repeat(subject_label, 3)
+    folds = assign_test_folds(labels, subjects, seed=3, n_folds=4)
+    assert set(folds) == {0, 1, 2, 3}
+    for subject in set(subjects):
+        assert len({f for f, s in zip(folds, subjects, strict=True) if s == subject}) == 1
+    for fold in range(4):
+        assert set(labels[folds == fold]) == {0, 1}
+    assert np.array_equal(folds, assign_test_folds(labels, subjects, seed=3, n_folds=4))
+    assert not np.array_equal(folds, assign_test_folds(labels, subjects, seed=4, n_folds=4))
+    holdout = assign_test_folds(labels, subjects, seed=3, n_folds=4, holdout=True, test_size=0.25)
+    assert set(holdout) == {0, TRAIN_ONLY}
+    assert len(set(np.asarray(subjects)[holdout == 0])) == 6
+
+
+def test_too_few_subjects_for_the_folds():
+    labels = np.array([0, 0, 1, 1, 1])
+    with pytest.raises(UsageError, match="lower --folds"):
+        check_fold_counts(labels, ["1", "2", "3", "4", "5"], ("F", "M"), 3, holdout=False)
+    with pytest.raises(UsageError, match="only 5 subject"):
+        check_fold_counts(labels, ["1", "2", "3", "4", "5"], ("F", "M"), 6, holdout=False)
+
+
+def test_metrics_binary_and_multiclass():
+    y = np.array([0, 0, 1, 1])
+    proba = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8]])
+    result = classification_metrics(y, proba)
+    assert result["accuracy"] == 0.75 and result["balanced_accuracy"] == 0.75 and result["roc_auc"] == 1.0
+    y3 = np.array([0, 1, 2, 2, 1])
+    proba3 = np.eye(3)[[0, 1, 2, 1, 1]] * 0.7 + 0.1
+    result3 = classification_metrics(y3, proba3)
+    assert result3["accuracy"] == pytest.approx(0.8) and 0 < result3["roc_auc"] <= 1
+    assert np.isnan(classification_metrics(np.array([0, 0]), proba[:2])["roc_auc"])
+
+
+def test_random_windows_shape_and_range():
+    rng = np.random.default_rng(0)
+    series = [np.arange(3 * t, dtype=np.float32).reshape(3, t) for t in (10, 17, 12)]
+    windows = random_windows(series, 8, rng)
+    assert windows.shape == (3, 3, 8)
+    for window, full in zip(windows, series, strict=True):
+        start = int(window[0, 0])
+        assert np.array_equal(window, full[:, start : start + 8])
+
+
+def test_connectivity_baseline_separates_correlated_rois():
+    rng = np.random.default_rng(2)
+    series, labels = [], []
+    for i in range(24):
+        x = rng.standard_normal((5, 60))
+        if i % 2:
+            x[1] = x[0] + 0.3 * rng.standard_normal(60)
+        x[:, 7] = 0.0  # a censored volume
+        series.append(x.astype(np.float32))
+        labels.append(i % 2)
+    features = connectivity_features(series[:2])
+    assert features.shape == (2, 10) and np.isfinite(features).all()
+    labels = np.array(labels)
+    proba = fit_predict_fc_logreg(series[:16], labels[:16], series[16:], n_classes=3, seed=0)
+    assert proba.shape == (8, 3) and np.all(proba[:, 2] == 0)
+    assert (proba.argmax(1) == labels[16:]).mean() == 1.0
+
+
+def _tiny_model():
+    from neurossm_app.group.models import build_neurossm
+
+    torch.manual_seed(0)
+    config = {"n_rois": 5, "n_classes": 3, "d_model": 8, "n_layers": 1, "d_state": 4, "scales": [1, 2]}
+    return build_neurossm(config)
+
+
+def test_checkpoint_roundtrip_and_corruption(tmp_path):
+    model, config = _tiny_model()
+    path = tmp_path / "checkpoints" / "model-neurossm_fold-0_seed-0.safetensors"
+    save_checkpoint(path, model, {"config": config, "classes": ["a", "b", "c"], "roi_names": list("vwxyz")})
+    info = json.loads(path.with_suffix(".json").read_text())
+    assert info["config"]["d_model"] == 8 and info["classes"] == ["a", "b", "c"]
+    state, _ = load_checkpoint(path)
+    assert set(state) == set(model.state_dict())
+    loaded, _ = load_neurossm(path)
+    series = [np.random.default_rng(0).standard_normal((5, t)).astype(np.float32) for t in (20, 13, 17)]
+    expected = predict_proba(model, series, torch.device("cpu"), batch_size=2)
+    assert np.allclose(predict_proba(loaded, series, torch.device("cpu"), batch_size=3), expected, atol=1e-6)
+    # Padding with lengths gives the same answer as one scan at a time.
+    alone = np.concatenate([predict_proba(model, [x], torch.device("cpu"), 1) for x in series])
+    assert np.allclose(alone, expected, atol=1e-5)
+
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="damaged"):
+        load_checkpoint(path)
+    path.write_bytes(b"not a safetensors file")
+    with pytest.raises(DataError, match="damaged"):
+        load_neurossm(path)
