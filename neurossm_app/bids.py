@@ -156,7 +156,9 @@ def dataset_description(
     }
     container = os.environ.get("NEUROSSM_CONTAINER_TAG")
     if container:
-        generated_by["Container"] = {"Type": "docker", "Tag": container}
+        # The Singularity/Apptainer image is built from the Docker one and keeps its variables.
+        in_apptainer = any(os.environ.get(v) for v in ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER"))
+        generated_by["Container"] = {"Type": "singularity" if in_apptainer else "docker", "Tag": container}
     description = {
         "Name": "neurossm-app derivatives: parcellated BOLD time series and NeuroSSM results",
         "BIDSVersion": "1.10.0",

@@ -98,3 +98,20 @@ def test_workflow_graph_builds(tmp_path, strategy, n_runs):
     names = wf.list_node_names()
     assert len(names) == 5 * n_runs
     assert sum(name.endswith("ds_timeseries") for name in names) == n_runs
+
+
+@pytest.mark.parametrize("apptainer, kind", [(None, "docker"), ("/img.sif", "singularity")])
+def test_dataset_description_names_the_container(tmp_path, monkeypatch, apptainer, kind):
+    import json
+
+    from neurossm_app.bids import dataset_description
+
+    monkeypatch.setenv("NEUROSSM_CONTAINER_TAG", "neurossm-app:0.1.0")
+    monkeypatch.delenv("SINGULARITY_CONTAINER", raising=False)
+    if apptainer:
+        monkeypatch.setenv("APPTAINER_CONTAINER", apptainer)
+    else:
+        monkeypatch.delenv("APPTAINER_CONTAINER", raising=False)
+    path = dataset_description(tmp_path, [tmp_path / "raw"])
+    generated = json.loads(path.read_text())["GeneratedBy"][0]
+    assert generated["Container"] == {"Type": kind, "Tag": "neurossm-app:0.1.0"}
