@@ -199,3 +199,18 @@ def test_task_preset_separates_tasks(tmp_path):
     # The folds are grouped by subject: all four tasks of a subject are tested together.
     assert predictions.groupby("subject")["fold"].nunique().max() == 1
     assert os.path.isfile(run / "checkpoints" / "model-neurossm_fold-1_seed-0.json")
+
+
+def test_ppmi_preset_with_a_holdout_split(tmp_path):
+    """AAL3v2 series, participants:group labels, one stratified hold-out split, no baseline."""
+    # Schaefer runs of two subjects must not be picked up by the AAL3v2 preset.
+    write_participant_outputs(tmp_path, n_subjects=2, n_volumes=70, seed=4)
+    bids, out = write_participant_outputs(tmp_path, n_subjects=9, n_volumes=70, atlas_label="AAL3v2", seed=4)
+    args = [*SMALL, "--epochs", "2", "--skip-cross-validation", "--test-size", "0.34", "--baselines", "none"]
+    assert main([str(bids), str(out), "group", "--preset", "ppmi", *args]) == 0
+    run = out / "group" / "ppmi"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["classes"] == ["HC", "PD"] and summary["dataset"]["atlas"] == "AAL3v2"
+    assert summary["dataset"]["n_scans"] == 9 and "hold-out" in summary["protocol"]
+    metrics = read_tsv(run / "metrics.tsv")
+    assert list(metrics["model"]) == ["neurossm"] and metrics["n_test_subjects"].item() == 3
