@@ -234,8 +234,12 @@ def find_timeseries(
 
 def _matches(entities: dict[str, Any], filters: dict[str, Any]) -> bool:
     for key, wanted in filters.items():
-        values = wanted if isinstance(wanted, list | tuple) else [wanted]
         have = entities.get(key)
+        if wanted is None:  # fMRIPrep filter files spell "this entity is absent" as null
+            if have is not None:
+                return False
+            continue
+        values = wanted if isinstance(wanted, list | tuple) else [wanted]
         if have is None or not any(str(have) == str(v) or _same_number(have, v) for v in values):
             return False
     return True

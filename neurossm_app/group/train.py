@@ -163,7 +163,6 @@ def train_model(
     for epoch in range(1, settings.epochs + 1):
         model.train()
         order = rng.permutation(n_samples)
-        windows = random_windows([series[i] for i in order], settings.window, rng)  # (N, R, L)
         targets = labels_t[order]
         total_loss, correct = 0.0, 0
         bar = tqdm(
@@ -176,7 +175,9 @@ def train_model(
         )
         for step in bar:
             chunk = slice(step * settings.batch_size, (step + 1) * settings.batch_size)
-            x = torch.from_numpy(windows[chunk]).to(device, non_blocking=True)  # (B, R, L)
+            # Cut per batch: all windows of an epoch at once would not fit in memory on HCP.
+            windows = random_windows([series[i] for i in order[chunk]], settings.window, rng)
+            x = torch.from_numpy(windows).to(device, non_blocking=True)  # (B, R, L)
             y = targets[chunk].to(device)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
