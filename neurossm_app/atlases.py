@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import pandas as pd
@@ -76,6 +77,34 @@ class Atlas:
     def n_rois(self) -> int:
         """Number of ROIs in the label table."""
         return len(self.names)
+
+
+def packaged_path(name: str) -> Path:
+    """Path of a label table shipped in ``neurossm_app/data/atlases/`` (see :func:`packaged_table`)."""
+    return Path(str(resources.files("neurossm_app") / "data" / "atlases" / name))
+
+
+def packaged_table(name: str) -> pd.DataFrame:
+    """A label table shipped with the package (``neurossm_app/data/atlases/NAME``).
+
+    The Schaefer tables are TemplateFlow's ``..._dseg.tsv`` files (columns ``index``, ``name``,
+    ``color``); ``aal3v1_regions.tsv`` lists AAL3v1's 166 regions (``index``, ``name`` and rough
+    MNI centroids). They let code that has no atlas image at hand (legacy import, synthetic data)
+    name ROIs exactly as the fetched atlases do.
+    """
+    return pd.read_csv(packaged_path(name), sep="\t")
+
+
+def roi_names(key: str) -> tuple[str, ...]:
+    """ROI names of atlas ``key`` in label order, without fetching the atlas."""
+    if key not in ATLASES:
+        raise UsageError(f"unknown atlas {key!r}; choose one of {', '.join(ATLASES)}.")
+    spec = ATLASES[key]
+    if spec.source == "templateflow":
+        table = packaged_table(f"tpl-{TEMPLATE}_atlas-Schaefer2018_desc-{spec.desc}_dseg.tsv")
+    else:
+        table = packaged_table("aal3v1_regions.tsv")
+    return tuple(table.sort_values("index")["name"].astype(str))
 
 
 def get_atlas(key: str, atlas_dir: str | os.PathLike | None = None) -> Atlas:

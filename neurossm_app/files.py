@@ -57,11 +57,14 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def tsv_text(frame: pd.DataFrame, index: bool = False) -> str:
+    """A data frame as BIDS TSV text: tab-separated, ``n/a`` for missing, ``\\n`` line ends."""
+    return frame.to_csv(sep="\t", index=index, na_rep="n/a", lineterminator="\n")
+
+
 def write_tsv(path: str | os.PathLike, frame: pd.DataFrame, index: bool = False) -> Path:
-    """Write a data frame as a BIDS TSV (tab-separated, ``n/a`` for missing) atomically."""
-    return write_atomic(
-        path, lambda tmp: frame.to_csv(tmp, sep="\t", index=index, na_rep="n/a", lineterminator="\n")
-    )
+    """Write a data frame as a BIDS TSV (see :func:`tsv_text`) atomically."""
+    return write_text(path, tsv_text(frame, index=index))
 
 
 def read_tsv(path: str | os.PathLike) -> pd.DataFrame:

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from neurossm_app.atlases import roi_names
 from neurossm_app.bids import build_path
 from neurossm_app.files import read_tsv
 from neurossm_app.legacy import main
-from neurossm_app.legacy.convert import roi_names
 from neurossm_app.legacy.labels import HCP_TASKS
 
 N_SCHAEFER, N_AAL = 400, 166

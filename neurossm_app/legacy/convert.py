@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 
 from neurossm_app import __version__
-from neurossm_app.atlases import ATLASES
+from neurossm_app.atlases import ATLASES, roi_names
 from neurossm_app.bids import TEMPLATE_SPACE, build_path, dataset_description
 from neurossm_app.errors import DataError, NoFilesSelectedError, OutputError, UsageError
-from neurossm_app.files import write_text
+from neurossm_app.files import tsv_text, write_text
 from neurossm_app.legacy.labels import (
     MISSING,
     read_pheno,
@@ -128,15 +128,6 @@ class ImportPlan:
         return build_path(self.settings.output_dir, scan.entities(self.atlas_label), "timeseries", ".tsv")
 
 
-def roi_names(atlas: str) -> tuple[str, ...]:
-    """ROI names of an atlas key in label order: the columns the participant level writes."""
-    from neurossm_app.synthetic.atlas import aal_names, schaefer_names
-
-    if atlas == "aal3v2":
-        return tuple(aal_names()[i] for i in sorted(aal_names()))
-    return tuple(schaefer_names(atlas))
-
-
 def roi_by_time(raw: Any, n_rois: int, layout: str, where: str) -> tuple[np.ndarray, str]:
     """One sample as a float ROIs x volumes array.
 
@@ -211,11 +202,6 @@ def series_frame(series: np.ndarray, names: tuple[str, ...], excluded: list[str]
     if excluded:
         frame[excluded] = np.nan
     return frame
-
-
-def tsv_text(frame: pd.DataFrame) -> str:
-    """A BIDS TSV as :func:`neurossm_app.files.write_tsv` writes it."""
-    return frame.to_csv(sep="\t", index=False, na_rep=MISSING, lineterminator="\n")
 
 
 def _apply_sample_table(samples: list[Sample], path: Path) -> None:

@@ -31,6 +31,7 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
+from neurossm_app.atlases import packaged_path, packaged_table
 from neurossm_app.synthetic.files import write_json, write_nifti
 from neurossm_app.synthetic.grid import (
     BRAIN_CENTER_MM,
@@ -68,8 +69,8 @@ def schaefer_label_table(desc: str = "400Parcels17Networks") -> pd.DataFrame:
     pandas.DataFrame
         Columns ``index`` (1-400), ``name`` (e.g. ``17Networks_LH_VisCent_ExStr_1``), ``color``.
     """
-    path = _data_file(f"tpl-{TEMPLATE}_atlas-Schaefer2018_desc-{desc}_dseg.tsv")
-    return pd.read_csv(path, sep="\t", dtype={"index": int, "name": str, "color": str})
+    table = packaged_table(f"tpl-{TEMPLATE}_atlas-Schaefer2018_desc-{desc}_dseg.tsv")
+    return table.astype({"index": int, "name": str, "color": str})
 
 
 def aal3_region_table() -> pd.DataFrame:
@@ -81,7 +82,7 @@ def aal3_region_table() -> pd.DataFrame:
         Columns ``index``, ``name`` (e.g. ``Frontal_Sup_2_L``), ``x``, ``y``, ``z`` (mm) and
         ``kind`` (``cortex``, ``subcortex``, ``thalamus``, ``cerebellum``, ``brainstem``); 166 rows.
     """
-    return pd.read_csv(_data_file("aal3v1_regions.tsv"), sep="\t")
+    return packaged_table("aal3v1_regions.tsv")
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,7 @@ def install_atlases(cache_dir: Path) -> dict[str, Path]:
         stem = f"tpl-{TEMPLATE}_res-02_atlas-Schaefer2018_desc-{desc}_dseg"
         written[atlas] = write_nifti(tpl_dir / f"{stem}.nii.gz", volumes.schaefer, affine, xform_code="mni")
         table_name = f"tpl-{TEMPLATE}_atlas-Schaefer2018_desc-{desc}_dseg.tsv"
-        (tpl_dir / table_name).write_bytes(_data_file(table_name).read_bytes())
+        (tpl_dir / table_name).write_bytes(packaged_path(table_name).read_bytes())
 
     nilearn_data = Path(cache_dir) / "nilearn_data"
     aal_dir = nilearn_data / "aal_3v2" / "AAL3"
