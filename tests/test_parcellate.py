@@ -88,3 +88,13 @@ def test_clean_keeps_length_and_censors_rows():
 def test_clean_rejects_mismatched_confounds():
     with pytest.raises(DataError, match="rows but the BOLD run has"):
         clean_signals(np.zeros((10, 2)), pd.DataFrame(np.zeros((9, 1))), None, 2.0, CleaningSettings())
+
+
+def test_filter_degrees_of_freedom():
+    from neurossm_app.participant.clean import filter_degrees_of_freedom
+
+    # HCP: TR 0.72 s, 0.01-0.1 Hz keeps 2 * 0.09 * T * TR values
+    assert filter_degrees_of_freedom(200, 0.72, CleaningSettings()) == 25
+    assert filter_degrees_of_freedom(1200, 0.72, CleaningSettings()) == 155
+    # no low-pass: everything above the high-pass edge up to Nyquist
+    assert filter_degrees_of_freedom(200, 0.72, CleaningSettings(low_pass=None)) == 197

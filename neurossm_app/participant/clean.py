@@ -138,3 +138,15 @@ def clean_signals(
     )
     out[np.ix_(kept, np.flatnonzero(valid))] = cleaned
     return out
+
+
+def filter_degrees_of_freedom(n_volumes: int, repetition_time: float, settings: CleaningSettings) -> int:
+    """Roughly how many independent values a series keeps after band-pass filtering.
+
+    A filter passing ``[high, low]`` Hz keeps ``2 * (low - high) * n_volumes * TR`` of the
+    ``n_volumes`` Fourier coefficients. Regressing out as many confounds as that leaves nothing.
+    """
+    nyquist = 0.5 / repetition_time
+    low = min(settings.low_pass, nyquist) if settings.low_pass else nyquist
+    high = settings.high_pass or 0.0
+    return max(int(2 * (low - high) * n_volumes * repetition_time), 0)

@@ -4,6 +4,7 @@ cleaning and output writing. Each is called by a small nipype interface and test
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 from pathlib import Path
@@ -18,8 +19,10 @@ from neurossm_app.bids import build_path
 from neurossm_app.config import CleaningSettings
 from neurossm_app.errors import DataError
 from neurossm_app.files import copy_atomic, read_tsv, write_json, write_tsv
-from neurossm_app.participant.clean import clean_signals, select_confounds
+from neurossm_app.participant.clean import clean_signals, filter_degrees_of_freedom, select_confounds
 from neurossm_app.participant.parcellate import parcel_means
+
+LOGGER = logging.getLogger("neurossm_app")
 
 
 def resample_atlas(
@@ -94,7 +97,21 @@ def clean_run(
     )
     out_dir = Path(out_dir)
     tsv = write_tsv(out_dir / "clean_timeseries.tsv", pd.DataFrame(cleaned, columns=raw.columns))
+    n_regressors = 0 if confounds is None else confounds.shape[1]
+    dof = filter_degrees_of_freedom(
+        len(sample_mask) if sample_mask is not None else n_vols, repetition_time, settings
+    )
+    if n_regressors + int(settings.detrend) >= 0.8 * dof:
+        LOGGER.warning(
+            "%s: the band-pass keeps about %d degrees of freedom but %d confounds are regressed out, so "
+            "little signal is left; use a longer run, fewer confounds (--confounds 24P or simple) or a "
+            "wider band (--low-pass none).",
+            Path(bold_file).name,
+            dof,
+            n_regressors,
+        )
     meta = {
+        "DegreesOfFreedom": {"AfterFilter": dof, "Regressors": n_regressors},
         "ConfoundRegressors": [] if confounds is None else list(confounds.columns),
         "CensoredVolumes": censored,
         "ExcludedROIs": [
@@ -152,6 +169,7 @@ def run_sidecar(
         "FDThreshold": settings.fd_threshold,
         "StdDVARSThreshold": settings.std_dvars_threshold,
         "CensoredVolumes": clean_metadata["CensoredVolumes"],
+        "DegreesOfFreedom": clean_metadata["DegreesOfFreedom"],
         "MinCoverage": settings.min_coverage,
         "ExcludedROIs": clean_metadata["ExcludedROIs"],
         "Sources": sources,
