@@ -193,3 +193,14 @@ def test_checkpoint_roundtrip_and_corruption(tmp_path):
     path.write_bytes(b"not a safetensors file")
     with pytest.raises(DataError, match="damaged"):
         load_neurossm(path)
+
+
+def test_group_level_never_imports_nipype():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, neurossm_app.cli.group, neurossm_app.group.run, neurossm_app.group.checkpoints; "
+        "sys.exit(any(m.split('.')[0] == 'nipype' for m in sys.modules))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

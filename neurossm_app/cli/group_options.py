@@ -171,7 +171,7 @@ def add_group_options(parser: argparse.ArgumentParser) -> None:
         "--fold",
         type=_non_negative_int,
         metavar="K",
-        help="run only fold K (an HPC array task); a later call without --fold/--seed aggregates",
+        help="run only fold K (0-based; an HPC array task); a later call without --fold/--seed aggregates",
     )
     cv.add_argument(
         "--seed",

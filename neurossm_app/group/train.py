@@ -192,7 +192,8 @@ def train_model(
             schedule.step()
             total_loss += float(loss.detach()) * len(y)
             correct += int((logits.detach().argmax(dim=1) == y).sum())
-            bar.set_postfix(loss=f"{total_loss / min(n_samples, (step + 1) * settings.batch_size):.3f}")
+            seen = min(n_samples, (step + 1) * settings.batch_size)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.2f}")
         bar.close()
         row = {
             "epoch": epoch,
