@@ -172,9 +172,14 @@ def resolve_settings(preset: str | None, overrides: dict[str, Any]) -> GroupSett
             raise ValueError(f"unknown group setting {key}")
         if value is not None:
             values[key] = value
-    for key in ("seeds", "baselines", "scales", "signals", "participant_label", "session_label", "task_id"):
-        if values.get(key) is not None:
-            values[key] = tuple(values[key])
+    for key in ("seeds", "baselines", "scales", "signals"):
+        values[key] = tuple(values[key])
+    for key in ("participant_label", "session_label", "task_id"):
+        # Sorted: the selection, not the spelling of the command, must match when a run resumes.
+        if values.get(key):
+            values[key] = tuple(sorted(set(values[key])))
+        else:
+            values[key] = None
     if values["baselines"] in (("none",), ("None",)):
         values["baselines"] = ()
     settings = GroupSettings(**values)
