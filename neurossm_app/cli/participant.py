@@ -63,9 +63,15 @@ def run_participant(opts: argparse.Namespace) -> None:
         atlas.n_rois,
         settings.strategy,
     )
-    dataset_description(output_dir, [opts.bids_dir])
-    write_citation(output_dir, atlas=atlas, settings=settings)
-    _run_workflow(runs, atlas, settings, output_dir, opts)
+    progress = _ProgressLog(len(runs))
+    try:
+        _run_workflow(runs, atlas, settings, output_dir, opts, progress)
+    finally:
+        # Provenance goes beside results only: a call that fails before any run is written (say,
+        # on NaN in a BOLD file) leaves OUTPUT_DIR without files that look like a derivative.
+        if progress.done:
+            dataset_description(output_dir, [opts.bids_dir])
+            write_citation(output_dir, atlas=atlas, settings=settings)
     from neurossm_app.reports.participant import build_participant_report
 
     for subject in subjects:
@@ -89,7 +95,9 @@ def validate_bids(bids_dir: Path) -> None:
         )
 
 
-def _run_workflow(runs, atlas, settings, output_dir: Path, opts: argparse.Namespace) -> None:
+def _run_workflow(
+    runs, atlas, settings, output_dir: Path, opts: argparse.Namespace, progress: _ProgressLog
+) -> None:
     from nipype import config as nipype_config
 
     from neurossm_app.participant.workflow import init_participant_wf
@@ -112,7 +120,7 @@ def _run_workflow(runs, atlas, settings, output_dir: Path, opts: argparse.Namesp
     plugin_args = {
         "n_procs": opts.nprocs,
         "raise_insufficient": False,
-        "status_callback": _ProgressLog(len(runs)),
+        "status_callback": progress,
     }
     if opts.mem_mb:
         plugin_args["memory_gb"] = opts.mem_mb / 1024
