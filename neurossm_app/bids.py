@@ -184,7 +184,10 @@ def check_output_dir(bids_dir: Path, output_dir: Path) -> Path:
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise OutputError(f"cannot create OUTPUT_DIR {output_dir}: {err.strerror}.") from None
+        raise OutputError(
+            f"cannot create OUTPUT_DIR {output_dir}: {err.strerror}; choose a folder you can write to "
+            "(in a container, bind it writable)."
+        ) from None
     if not os.access(output_dir, os.W_OK):
         raise OutputError(f"OUTPUT_DIR {output_dir} is not writable; choose another folder.")
     return output_dir
@@ -196,7 +199,7 @@ def load_filter_file(path: str | os.PathLike | None) -> dict[str, dict[str, Any]
         return {}
     path = Path(path)
     if not path.is_file():
-        raise InputMissingError(f"--bids-filter-file {path} does not exist.")
+        raise InputMissingError(f"--bids-filter-file {path} does not exist; check the path.")
     try:
         filters = json.loads(path.read_text())
     except json.JSONDecodeError as err:

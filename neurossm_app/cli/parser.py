@@ -232,13 +232,18 @@ def check_options(opts: argparse.Namespace) -> None:
     """Checks that need several options at once; collects every problem and reports them together."""
     problems: list[NeurossmError] = []
     if not opts.bids_dir.is_dir():
-        problems.append(InputMissingError(f"BIDS_DIR {opts.bids_dir} does not exist or is not a directory."))
+        problems.append(
+            InputMissingError(
+                f"BIDS_DIR {opts.bids_dir} does not exist or is not a directory; check the path "
+                "(in a container, bind the folder and give its path inside the container)."
+            )
+        )
     for flag, path in (
         ("--bids-filter-file", opts.bids_filter_file),
         ("--participants-tsv", opts.participants_tsv),
     ):
         if path is not None and not path.is_file():
-            problems.append(InputMissingError(f"{flag} {path} does not exist."))
+            problems.append(InputMissingError(f"{flag} {path} does not exist; check the path."))
     try:
         from neurossm_app.bids import strip_prefix
 
@@ -255,7 +260,9 @@ def check_options(opts: argparse.Namespace) -> None:
     opts.derivatives = dict(opts.derivatives or [])
     for name, path in opts.derivatives.items():
         if not path.is_dir():
-            problems.append(InputMissingError(f"derivatives {name}={path} does not exist."))
+            problems.append(
+                InputMissingError(f"derivatives {name}={path} does not exist; check -d {name}=PATH.")
+            )
     if not problems:
         return
     if len(problems) == 1:
