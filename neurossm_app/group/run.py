@@ -27,6 +27,7 @@ from neurossm_app.atlases import ATLASES
 from neurossm_app.errors import DataError, OutputError, UsageError
 from neurossm_app.files import write_json
 from neurossm_app.group.aggregate import aggregate_units
+from neurossm_app.group.checkpoints import read_checkpoint_info
 from neurossm_app.group.data import NORMALIZATION, check_lengths, find_timeseries, load_dataset
 from neurossm_app.group.presets import GroupSettings
 from neurossm_app.group.splits import build_splits, check_fold_counts, load_or_save_splits, unit_split
@@ -224,6 +225,11 @@ def run_group_analysis(
             settings.test_size,
         )
         splits = load_or_save_splits(run_dir / "splits.tsv", splits, settings.run_name)
+        for unit_fold, unit_seed_ in units:
+            # A damaged finished unit stops the call before hours of training, not after.
+            marker = read_marker(run_dir, unit_fold, unit_seed_)
+            if marker is not None:
+                read_checkpoint_info(run_dir / marker["checkpoint"])
         LOGGER.info("training on %s with %d thread(s)", device, torch.get_num_threads())
         for unit_fold, unit_seed_ in units:
             if read_marker(run_dir, unit_fold, unit_seed_) is not None:
