@@ -207,7 +207,9 @@ def load_cpa(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError) as err:
-        raise DataError(f"{path} is not a readable CPA file ({err}); delete it and re-run --analysis.") from None
+        raise DataError(
+            f"{path} is not a readable CPA file ({err}); delete it and re-run --analysis."
+        ) from None
     if str(arrays.get("format")) != CPA_FORMAT:
         raise DataError(f"{path} is not a {CPA_FORMAT!r} file; delete it and re-run --analysis.")
     return arrays
