@@ -7,7 +7,9 @@ every setting is logged and saved to ``OUTPUT_DIR/group/<run-name>/config.json``
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from neurossm_app.group.neurosynth import default_neurosynth_dir
 from neurossm_app.group.presets import DEFAULT_PRESET, KNOWN_BASELINES, KNOWN_SIGNALS, preset_names
 
 _FROM_PRESET = "default: from --preset"
@@ -179,3 +181,40 @@ def add_group_options(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="run only the units of seed S (one of --seeds); combine with --fold for one unit",
     )
+
+    explain = parser.add_argument_group("Group level: CPA and Neurosynth reference (docs/cpa.md)")
+    explain.add_argument(
+        "--analysis",
+        action="store_true",
+        help="after training: Calibrated Pathway Attribution of every held-out scan, class maps and "
+        "their comparison with Neurosynth term meta-analyses (NIfTI maps under group/<run-name>/maps)",
+    )
+    explain.add_argument(
+        "--neurosynth-dir",
+        type=Path,
+        default=default_neurosynth_dir(),
+        metavar="DIR",
+        help="Neurosynth cache: NiMARE's files in DIR/neurosynth (downloaded on first use; offline, "
+        "pre-fetch with `neurossm-app-fetch --atlas none --neurosynth DIR`), term maps in DIR/maps "
+        "(default: $NEUROSYNTH_DIR, else ~/.cache/neurossm-app/neurosynth)",
+    )
+    explain.add_argument(
+        "--class-terms",
+        type=Path,
+        metavar="FILE",
+        help='JSON {"CLASS": "neurosynth term" or null} replacing the preset\'s class-term table',
+    )
+    explain.add_argument(
+        "--cpa-subjects",
+        choices=["correct", "all"],
+        default="correct",
+        help="held-out scans averaged into the class maps: correctly classified ones, or all",
+    )
+    explain.add_argument(
+        "--n-permutations",
+        type=_non_negative_int,
+        default=1000,
+        metavar="N",
+        help="ROI permutations of the reference score's p-value",
+    )
+
