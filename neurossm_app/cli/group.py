@@ -68,6 +68,17 @@ def run_group(opts: argparse.Namespace) -> None:
         "settings: %s",
         ", ".join(f"{k}={v}" for k, v in settings.to_dict().items() if v is not None),
     )
+    analysis = None
+    if getattr(opts, "analysis", False):
+        from neurossm_app.group.analysis import AnalysisOptions
+
+        analysis = AnalysisOptions(
+            neurosynth_dir=opts.neurosynth_dir,
+            class_terms=opts.class_terms,
+            cpa_subjects=opts.cpa_subjects,
+            n_permutations=opts.n_permutations,
+            atlas_dir=getattr(opts, "atlas_dir", None),
+        )
     run_group_analysis(
         settings,
         opts.output_dir,
@@ -75,4 +86,5 @@ def run_group(opts: argparse.Namespace) -> None:
         run_filters=run_filters,
         fold=opts.fold,
         seed=opts.seed,
+        analysis=analysis,
     )

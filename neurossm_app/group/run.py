@@ -144,6 +144,7 @@ def run_group_analysis(
     run_filters: dict[str, Any] | None = None,
     fold: int | None = None,
     seed: int | None = None,
+    analysis=None,
 ) -> Path:
     """Run the missing units of a group run, then aggregate (unless ``fold``/``seed`` is given).
 
@@ -158,6 +159,8 @@ def run_group_analysis(
         Extra pybids filters on run entities.
     fold, seed : int, optional
         Run only these units (an HPC array task); a later plain call aggregates.
+    analysis : neurossm_app.group.analysis.AnalysisOptions, optional
+        ``--analysis``: CPA, class maps and Neurosynth scores after aggregation.
 
     Returns
     -------
@@ -255,6 +258,10 @@ def run_group_analysis(
                 _mean_sd_text(values["roc_auc"]),
             )
         LOGGER.info("results in %s (metrics.tsv, summary.json, predictions.tsv)", run_dir)
+        if analysis is not None:
+            from neurossm_app.group.analysis import run_analysis
+
+            run_analysis(run_dir, settings, dataset, splits, analysis, device)
     return run_dir
 
 
