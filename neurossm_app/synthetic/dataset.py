@@ -22,6 +22,7 @@ from neurossm_app.synthetic.bids_writer import (
 )
 from neurossm_app.synthetic.effects import Effect, planted_effects, truth_record
 from neurossm_app.synthetic.files import write_json
+from neurossm_app.synthetic.neurosynth import write_neurosynth_database
 from neurossm_app.synthetic.signals import confounds_table
 from neurossm_app.synthetic.simulate import Anatomy, build_anatomy, motion_weights, simulate_run
 
@@ -248,7 +249,10 @@ def _make_dataset(
         "seed": seed,
         "sessions": list(sessions) if sessions else None,
     }
-    write_json(out_dir / "sourcedata" / "synthetic_truth.json", truth_record(effects, parameters))
+    truth = truth_record(effects, parameters)
+    write_json(out_dir / "sourcedata" / "synthetic_truth.json", truth)
+    # A Neurosynth-format database for `group --analysis --neurosynth-dir OUT_DIR/sourcedata/neurosynth`.
+    write_neurosynth_database(out_dir / "sourcedata" / "neurosynth", truth, seed=seed)
     return out_dir
 
 
