@@ -203,10 +203,14 @@ def fetch_neurosynth(directory: Path) -> list[Path]:
     """
     import warnings
 
+    files = neurosynth_files(directory)
     try:
-        Path(directory).mkdir(parents=True, exist_ok=True)
+        # Created first: NiMARE uses the first *existing* DIR/neurosynth among data_dir,
+        # NIMARE_SHARED_DATA, NIMARE_DATA and ~/nimare_data, so an older copy elsewhere would win.
+        files[0].parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(f"cannot create the Neurosynth directory {directory}: {err.strerror}.") from None
+    had = {p for p in files if _present(p)}
     try:
         from nimare.extract import fetch_neurosynth as nimare_fetch_neurosynth
 
@@ -214,12 +218,17 @@ def fetch_neurosynth(directory: Path) -> list[Path]:
             # NiMARE 0.22 flags the frozen Neurosynth snapshot as deprecated; it is what we want.
             warnings.simplefilter("ignore", FutureWarning)
             nimare_fetch_neurosynth(data_dir=str(directory), return_type="files", **NEUROSYNTH_QUERY)
-    except Exception as err:  # noqa: BLE001 - urllib errors, ValueError from the manifest, ...
+    except BaseException as err:
+        # NiMARE opens each file before downloading it and skips existing files on the next call:
+        # remove what this call left half-written (often 0 bytes) so a retry downloads it.
+        for path in set(files) - had:
+            path.unlink(missing_ok=True)
+        if not isinstance(err, Exception):
+            raise
         raise InputMissingError(
             f"could not download Neurosynth into {directory} ({type(err).__name__}: {_first_line(err)}); "
             "check the network connection."
         ) from None
-    files = neurosynth_files(directory)
     missing = [p.name for p in files if not _present(p)]
     if missing:
         raise InputMissingError(f"Neurosynth download into {directory} is incomplete: {', '.join(missing)}.")
