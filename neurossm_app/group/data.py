@@ -354,6 +354,21 @@ def scan_labels(scans: list[ScanFile], target: str, participants_tsv: Path) -> l
     return [labels.get(s.subject) for s in scans]
 
 
+def _check_label_names(classes: tuple[str, ...], target: str, where: object) -> None:
+    """Refuse classes that would share a ``label-<class>`` file name (CPA maps), before training."""
+    from neurossm_app.group.maps import sanitize_label
+
+    by_name: dict[str, list[str]] = {}
+    for name in classes:
+        by_name.setdefault(sanitize_label(name), []).append(name)
+    for entity, names in by_name.items():
+        if len(names) > 1:
+            raise DataError(
+                f"classes {' and '.join(map(repr, names))} of {target} ({where}) would share the file "
+                f"name label-{entity} (letters and digits only); rename one of them."
+            )
+
+
 def load_dataset(
     scans: list[ScanFile], target: str, participants_tsv: Path, atlas_label: str
 ) -> GroupDataset:
@@ -385,6 +400,7 @@ def load_dataset(
             f"only one class ({classes[0]!r}) of {target} among the selected scans ({where}); "
             "classification needs at least two: check --target and the selection."
         )
+    _check_label_names(classes, target, where)
     series, missing, roi_names = [], [], None
     for scan, _ in kept:
         raw, names = load_series(scan.path)
