@@ -68,5 +68,5 @@ def limit_threads(n_threads: int) -> None:
 def _setup_logging(verbosity: int) -> None:
     level = logging.DEBUG if verbosity > 1 else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s [%(levelname)s] %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+    for noisy in ("nipype.workflow", "nipype.interface", "nipype.utils", "bidsschematools"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbosity else logging.WARNING)

@@ -99,6 +99,7 @@ def _run_workflow(
     runs, atlas, settings, output_dir: Path, opts: argparse.Namespace, progress: _ProgressLog
 ) -> None:
     from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
 
     from neurossm_app.participant.workflow import init_participant_wf
 
@@ -114,8 +115,14 @@ def _run_workflow(
                 "hash_method": "content",
             },
             "monitoring": {"enabled": False},
+            # nipype's per-node lines only with -v; _ProgressLog reports finished runs
+            "logging": {
+                key: "INFO" if opts.verbose else "WARNING"
+                for key in ("workflow_level", "interface_level", "utils_level")
+            },
         }
     )
+    nipype_logging.update_logging(nipype_config)
     workflow = init_participant_wf(runs, atlas, settings, output_dir, work_dir)
     plugin_args = {
         "n_procs": opts.nprocs,
