@@ -262,6 +262,9 @@ def run_group_analysis(
             from neurossm_app.group.analysis import run_analysis
 
             run_analysis(run_dir, settings, dataset, splits, analysis, device)
+        from neurossm_app.reports.group import build_group_report
+
+        LOGGER.info("report: %s", build_group_report(run_dir))
     return run_dir
 
 
