@@ -334,9 +334,11 @@ def run_analysis(
     for label, name in enumerate(classes):
         if label not in means:
             LOGGER.warning(
-                "class %s: no %s held-out scan; no CPA map for it",
+                "class %s: no %s; no CPA map for it",
                 name,
-                "correctly classified" if options.cpa_subjects == "correct" else "",
+                "correctly classified held-out scan (try --cpa-subjects all)"
+                if options.cpa_subjects == "correct"
+                else "held-out scan",
             )
 
     cpa_dir, maps_dir = run_dir / "cpa", run_dir / "maps"
