@@ -26,8 +26,9 @@ from neurossm_app.synthetic.atlas import (
 )
 
 SIGNAL_OF_KIND = {"slow": "raw", "transient": "diff"}
-#: Effect size in BOLD units (baseline ~1000; ROI-level background noise SD ~10).
-AMPLITUDE = {"slow": 14.0, "transient": 22.0}
+#: Effect size in BOLD units (baseline ~1000; ROI-level background noise SD ~10). Strong enough
+#: that a small NeuroSSM separates about 24-40 subjects after 36P cleaning (docs/performance.md).
+AMPLITUDE = {"slow": 28.0, "transient": 44.0}
 
 #: target -> class -> (kind, cortical AAL3v1 regions). Classes absent here carry no effect.
 PLANTED_EFFECTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
