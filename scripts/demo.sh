@@ -4,26 +4,30 @@ set -euo pipefail
 demo=${1:-demo}
 rm -rf "$demo/data" "$demo/out" "$demo/work"
 mkdir -p "$demo"
+start=$SECONDS
 
-echo "== 1/3 synthetic BIDS dataset with fMRIPrep derivatives and planted effects"
-neurossm-synth "$demo/data" --subjects 24 --volumes 160 --seed 0
+echo "== 1/3 synthetic BIDS dataset with fMRIPrep derivatives and planted sex effects (24 subjects)"
+neurossm-synth "$demo/data" --subjects 24 --volumes 200 --tr 2.0 --seed 0
 
-atlas_cache="$demo/data/sourcedata/atlases"
-export TEMPLATEFLOW_HOME="$PWD/$atlas_cache/templateflow"
-export NILEARN_DATA="$PWD/$atlas_cache/nilearn_data"
+# The real fetchers read these caches; nothing is downloaded.
+export TEMPLATEFLOW_HOME="$PWD/$demo/data/sourcedata/atlases/templateflow"
+export NILEARN_DATA="$PWD/$demo/data/sourcedata/atlases/nilearn_data"
 
-echo "== 2/3 participant level: ROI time series (Schaefer-400, 36P confounds)"
-neurossm-app "$demo/data" "$demo/out" participant -w "$demo/work" --nprocs 2
+echo "== 2/3 participant level: Schaefer-400 ROI time series, 36P confounds, 0.01-0.1 Hz"
+neurossm-app "$demo/data" "$demo/out" participant -w "$demo/work" --nprocs 2 --skip-bids-validation
 
-echo "== 3/3 group level: NeuroSSM cross-validation (target: sex)"
-if neurossm-app --help | grep -q -- "--preset"; then
-    neurossm-app "$demo/data" "$demo/out" group -w "$demo/work" --preset hcp-rest \
-        --target participants:sex --dynamic-length 100 --folds 3 --seeds 0 --epochs 15 \
-        --d-model 32 --n-layers 1
-fi
+echo "== 3/3 group level: NeuroSSM 3-fold cross-validation of sex, CPA maps, report"
+neurossm-app "$demo/data" "$demo/out" group --preset hcp-rest --dynamic-length 150 \
+    --folds 3 --seeds 0 --epochs 60 --d-model 32 --n-layers 1 --omp-nthreads 2 \
+    --analysis --neurosynth-dir "$demo/data/sourcedata/neurosynth"
 
+run="$demo/out/group/hcp-rest"
 echo
-echo "Results:"
-echo "  participant-level time series: $demo/out/sub-*/func/"
-[ -d "$demo/out/group" ] && echo "  group-level metrics and checkpoints: $(ls -d "$demo"/out/group/*)"
-echo "  methods boilerplate: $demo/out/logs/CITATION.md"
+echo "Done in $((SECONDS - start)) s. Results:"
+echo "  participant reports:     $demo/out/sub-*.html"
+echo "  ROI time series:         $demo/out/sub-*/func/*_timeseries.tsv"
+echo "  metrics (per fold):      $run/metrics.tsv"
+echo "  summary (mean and SD):   $run/summary.json"
+echo "  CPA maps (NIfTI):        $run/maps/"
+echo "  group report:            $run/report.html"
+echo "  methods boilerplate:     $demo/out/logs/CITATION.md"
