@@ -47,11 +47,23 @@ def check_run(run: BoldRun) -> None:
             "both must come from the same fMRIPrep run."
         )
     if str(run.bold).endswith(".gz"):
-        _check_gzip(run.bold)
+        itemsize = np.dtype(bold.get_data_dtype()).itemsize
+        _check_gzip(run.bold, int(bold.dataobj.offset) + int(np.prod(bold.shape)) * itemsize)
 
 
-def _check_gzip(path: os.PathLike) -> None:
-    """Read the whole gzip stream (fast, no decoding into arrays) to catch truncated files."""
+def _check_gzip(path: os.PathLike, expected_bytes: int) -> None:
+    """Catch truncated gzip files without decompressing them when possible.
+
+    A gzip file ends with the uncompressed size modulo 2**32 (ISIZE). If it matches the size the
+    NIfTI header implies, the file is whole (reading the stream would double the run's I/O);
+    otherwise the stream is read to the end to tell truncation from an odd but valid file.
+    """
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() >= 18:
+            handle.seek(-4, os.SEEK_END)
+            if int.from_bytes(handle.read(4), "little") == expected_bytes % 2**32:
+                return
     try:
         with gzip.open(path, "rb") as handle:
             while handle.read(1 << 24):
