@@ -74,9 +74,10 @@ def run_participant(opts: argparse.Namespace) -> None:
             write_citation(output_dir, atlas=atlas, settings=settings)
     from neurossm_app.reports.participant import build_participant_report
 
-    for subject in subjects:
-        report = build_participant_report(output_dir, subject)
-        LOGGER.info("report: %s", report)
+    reports = [build_participant_report(output_dir, subject) for subject in subjects]
+    LOGGER.info(
+        "reports: %s", reports[0] if len(reports) == 1 else f"{output_dir}/sub-*.html ({len(reports)})"
+    )
     LOGGER.info("done: ROI time series for %d run(s) are in %s", len(runs), output_dir)
 
 
