@@ -153,10 +153,28 @@ def write_neurosynth_database(
     files = neurosynth_files(Path(directory))
     files[0].parent.mkdir(parents=True, exist_ok=True)
     for frame, path in ((coords, files[0]), (metadata, files[1])):
-        with atomic_path(path) as tmp, gzip.open(tmp, "wt", compresslevel=6) as handle:
-            frame.to_csv(handle, sep="\t", index=False, lineterminator="\n")
+        text = frame.to_csv(sep="\t", index=False, lineterminator="\n").encode()
+        with atomic_path(path) as tmp, open(tmp, "wb") as raw:
+            # mtime=0 and no file name in the header: the same seed gives the same bytes
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as handle:
+                handle.write(text)
     with atomic_path(files[2]) as tmp:
         sparse.save_npz(tmp, features, compressed=True)
+        _fix_zip_timestamps(tmp)
     with atomic_path(files[3]) as tmp:
         tmp.write_text("\n".join(vocabulary) + "\n")
     return files
+
+
+def _fix_zip_timestamps(path: Path) -> None:
+    """Rewrite a zip (an ``.npz``) with every member dated 1980-01-01, for reproducible bytes."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as source:
+        members = [(info, source.read(info)) for info in source.infolist()]
+    with zipfile.ZipFile(path, "w") as target:
+        for info, payload in members:
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type = info.compress_type
+            fixed.external_attr = info.external_attr
+            target.writestr(fixed, payload)
