@@ -7,6 +7,10 @@ with the error's code; only ``-v`` shows a traceback.
 
 from __future__ import annotations
 
+import logging
+import sys
+from collections.abc import Callable
+
 # Exit codes from the BIDS-Apps draft (sysexits.h values where they exist).
 EX_OK = 0
 EX_FAILURE = 1
@@ -58,3 +62,31 @@ class OutputError(NeurossmError):
     """The output directory cannot be created or written."""
 
     exit_code = EX_CANTCREAT
+
+
+def run_reporting_errors(prog: str, verbose: int, work: Callable[[], int | None]) -> int:
+    """Call ``work()`` and return its exit code (``None`` means 0), the way every command reports.
+
+    A :class:`NeurossmError` becomes one line on stderr and its exit code; anything unexpected
+    becomes one line and exit 1. ``verbose`` adds the traceback to the log.
+    """
+    try:
+        return work() or EX_OK
+    except NeurossmError as err:
+        if verbose:
+            logging.getLogger("neurossm_app").exception("%s failed", prog)
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; complete outputs are kept, re-run to finish.", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if verbose:
+            logging.getLogger("neurossm_app").exception("%s failed", prog)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(
+            f"{prog}: error: unexpected {type(err).__name__}: {first} "
+            "(re-run with -v for the traceback and report it).",
+            file=sys.stderr,
+        )
+        return EX_FAILURE

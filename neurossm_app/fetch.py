@@ -31,13 +31,13 @@ from pathlib import Path
 from neurossm_app import __version__
 from neurossm_app.atlases import ATLASES, TEMPLATE
 from neurossm_app.errors import (
-    EX_FAILURE,
     EX_NOINPUT,
     EX_USAGE,
     InputMissingError,
     NeurossmError,
     OutputError,
     UsageError,
+    run_reporting_errors,
 )
 
 PROG = "neurossm-app-fetch"
@@ -393,25 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        return run(opts)
-    except NeurossmError as err:
-        if opts.verbose:
-            LOGGER.exception("%s failed", PROG)
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; re-run to finish (complete files are kept).", file=sys.stderr)
-        return 130
-    except Exception as err:
-        if opts.verbose:
-            LOGGER.exception("%s failed", PROG)
-        print(
-            f"{PROG}: error: unexpected {type(err).__name__}: {_first_line(err)} "
-            "(re-run with -v for the traceback and report it).",
-            file=sys.stderr,
-        )
-        return EX_FAILURE
+    return run_reporting_errors(PROG, opts.verbose, lambda: run(opts))
 
 
 if __name__ == "__main__":

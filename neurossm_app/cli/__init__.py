@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
 # nipype checks for updates over the network at import unless this is set.
 os.environ.setdefault("NIPYPE_NO_ET", "1")
 
-from neurossm_app.errors import EX_FAILURE, NeurossmError
+from neurossm_app.errors import run_reporting_errors
 
 LOGGER = logging.getLogger("neurossm_app")
 
@@ -25,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     opts = parser.parse_args(argv)
     _setup_logging(opts.verbose)
-    try:
+
+    def work() -> None:
         check_options(opts)
         limit_threads(opts.omp_nthreads)
         if opts.analysis_level == "participant":
@@ -36,24 +36,8 @@ def main(argv: list[str] | None = None) -> int:
             from neurossm_app.cli.group import run_group
 
             run_group(opts)
-    except NeurossmError as err:
-        if opts.verbose:
-            LOGGER.exception("neurossm-app failed")
-        print(f"neurossm-app: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("neurossm-app: interrupted; completed outputs are kept, re-run to resume.", file=sys.stderr)
-        return 130
-    except Exception as err:
-        if opts.verbose:
-            LOGGER.exception("neurossm-app failed")
-        print(
-            f"neurossm-app: error: unexpected {type(err).__name__}: {err} "
-            "(re-run with -v for the traceback and report it).",
-            file=sys.stderr,
-        )
-        return EX_FAILURE
-    return 0
+
+    return run_reporting_errors("neurossm-app", opts.verbose, work)
 
 
 def limit_threads(n_threads: int) -> None:

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from neurossm_app import __version__
-from neurossm_app.errors import EX_FAILURE, NeurossmError
+from neurossm_app.errors import run_reporting_errors
 
 LOGGER = logging.getLogger("neurossm_app")
 PROG = "neurossm-app-import"
@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s [%(levelname)s] %(message)s",
         datefmt="%H:%M:%S",
     )
-    try:
+
+    def work() -> int:
         from neurossm_app.legacy.convert import DEFAULT_ATLAS, plan_import, write_import
 
         settings = settings_from_options(opts)
@@ -253,24 +254,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{settings.output_dir}\nnext: neurossm-app {settings.output_dir} {settings.output_dir} "
             f"group --preset {settings.preset}{atlas}"
         )
-    except NeurossmError as err:
-        if opts.verbose:
-            LOGGER.exception("%s failed", PROG)
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; files already written are complete, re-run to finish.", file=sys.stderr)
-        return 130
-    except Exception as err:  # one line instead of a traceback; -v shows it
-        if opts.verbose:
-            LOGGER.exception("%s failed", PROG)
-        print(
-            f"{PROG}: error: unexpected {type(err).__name__}: {err} "
-            "(re-run with -v for the traceback and report it).",
-            file=sys.stderr,
-        )
-        return EX_FAILURE
-    return 0
+        return 0
+
+    return run_reporting_errors(PROG, opts.verbose, work)
 
 
 if __name__ == "__main__":  # pragma: no cover
