@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from neurossm_app.bids import RUN_ENTITIES, pybids_config
+from neurossm_app.bids import RUN_ENTITIES, pybids_config, run_label
 from neurossm_app.errors import DataError, InputMissingError, NoFilesSelectedError
 from neurossm_app.files import read_tsv
 
@@ -30,16 +30,6 @@ LOGGER = logging.getLogger("neurossm_app")
 NORMALIZATION = (
     "per scan and ROI: z-score over the finite values (population SD; constant ROIs become 0), then n/a -> 0"
 )
-_ENTITY_KEYS = {
-    "subject": "sub",
-    "session": "ses",
-    "task": "task",
-    "acquisition": "acq",
-    "reconstruction": "rec",
-    "direction": "dir",
-    "run": "run",
-    "echo": "echo",
-}
 
 
 @dataclass(frozen=True)
@@ -52,7 +42,7 @@ class ScanFile:
     @property
     def name(self) -> str:
         """``sub-01[_ses-1]_task-rest[_run-1]``: unique within a dataset."""
-        return "_".join(f"{_ENTITY_KEYS[k]}-{v}" for k, v in self.entities.items())
+        return run_label(self.entities)
 
     @property
     def subject(self) -> str:
