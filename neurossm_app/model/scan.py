@@ -47,7 +47,17 @@ _WARNED = False
 
 
 def _load_kernels() -> tuple:
-    """Import numba and build the kernels (compilation itself happens per dtype on use)."""
+    """Import numba and build the kernels (compilation itself happens per dtype on use).
+
+    numba sizes its thread pool when first imported (all cores unless ``NUMBA_NUM_THREADS`` is
+    set) and shares torch's OpenMP runtime; a pool larger than torch's leaves threads waiting
+    at barriers (a 30x slower training step was measured). So the pool follows torch's count.
+    """
+    import os
+    import sys
+
+    if "numba" not in sys.modules and "NUMBA_NUM_THREADS" not in os.environ:
+        os.environ["NUMBA_NUM_THREADS"] = str(torch.get_num_threads())
     from neurossm_app.model import _scan_kernels
 
     return (*_scan_kernels.build_kernels(), _scan_kernels.set_threads)
