@@ -12,6 +12,7 @@
           ..._space-MNI152NLin2009cAsym[_res-2]_desc-brain_mask.nii.gz
           ..._desc-confounds_timeseries.tsv (+ .json)
       sourcedata/synthetic_truth.json
+      sourcedata/neurosynth/neurosynth/        -> group --neurosynth-dir OUT_DIR/sourcedata/neurosynth
       sourcedata/atlases/templateflow/     -> TEMPLATEFLOW_HOME
       sourcedata/atlases/nilearn_data/     -> NILEARN_DATA (or fetch_atlas_aal(data_dir=...))
 
