@@ -228,3 +228,24 @@ def test_unknown_term_is_exit_65_and_missing_data_offline_exit_66(
     assert main(_argv(out, "--neurosynth-dir", str(empty))) == 66
     captured = capsys.readouterr()
     assert f"neurossm-app-fetch --atlas none --neurosynth {empty}" in captured.err + captured.out
+
+
+def test_group_report_renders_every_section(analysed, tmp_path):
+    """The group report of an ``--analysis`` run, as a person sees it in headless Chromium."""
+    from tests.browser import render
+
+    run, *_ = analysed
+    page = render(run / "report.html", screenshot=tmp_path / "report.png")
+    assert page.console_errors == []
+    assert page.broken_images == 0
+    for heading in (
+        "Dataset", "Performance", "Confusion matrices", "ROC curves", "Learning curves",
+        "Calibrated pathway weights", "CPA and Neurosynth reference maps", "Reference scores",
+    ):  # fmt: skip
+        assert heading in page.headings
+    # metrics, confusion, ROC, learning curves, pathway weights, then a CPA and a reference
+    # glass brain per class (baselines are off in this run)
+    assert len(page.figure_sizes) == 5 + 2 * len(TASKS)
+    assert all(width > 100 and height > 50 for width, height in page.figure_sizes)
+    assert all(f"class {task}" in page.headings for task in TASKS)
+    assert "±" in page.text and "partial_r" in page.text  # numbers readable as text too
