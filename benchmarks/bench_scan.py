@@ -78,8 +78,13 @@ def scan_mambapy(x, delta, A, B, C, D):
 
 def to_mambapy_layout(inp: dict) -> dict:
     out = {k: inp[k] for k in ("A", "D")}
-    for k, pattern in (("u", "b d l -> b l d"), ("delta", "b d l -> b l d"),
-                       ("B", "b n l -> b l n"), ("C", "b n l -> b l n"), ("w", "b d l -> b l d")):
+    for k, pattern in (
+        ("u", "b d l -> b l d"),
+        ("delta", "b d l -> b l d"),
+        ("B", "b n l -> b l n"),
+        ("C", "b n l -> b l n"),
+        ("w", "b d l -> b l d"),
+    ):
         out[k] = rearrange(inp[k], pattern).contiguous()
     return out
 
@@ -146,11 +151,18 @@ def cuda_comparison(args) -> dict:
         def ours_torch(u, delta, A, B, C, D):
             return selective_scan_torch(u, delta, A, B, C, D)
 
-        res = time_interleaved({"mamba_ssm": (theirs, inp), "ours_torch": (ours_torch, inp)},
-                               args.repeats, 1, sync=True)
+        res = time_interleaved(
+            {"mamba_ssm": (theirs, inp), "ours_torch": (ours_torch, inp)}, args.repeats, 1, sync=True
+        )
         (t_theirs, out_theirs), (t_ours, out_ours) = res["mamba_ssm"], res["ours_torch"]
-        rows.append({"length": length, "mamba_ssm_s": t_theirs, "ours_torch_s": t_ours,
-                     "max_rel_err": rel_err(out_ours, out_theirs)})
+        rows.append(
+            {
+                "length": length,
+                "mamba_ssm_s": t_theirs,
+                "ours_torch_s": t_ours,
+                "max_rel_err": rel_err(out_ours, out_theirs),
+            }
+        )
     return {"rows": rows}
 
 
@@ -161,8 +173,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--d-inner", type=int, default=256)
     parser.add_argument("--d-state", type=int, default=16)
-    parser.add_argument("--ours-factor", type=int, default=5,
-                        help="runs of ours per round (it is short, so more samples)")
+    parser.add_argument(
+        "--ours-factor", type=int, default=5, help="runs of ours per round (it is short, so more samples)"
+    )
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -174,44 +187,62 @@ def main(argv=None) -> int:
         "numba": numba.__version__,
         "torch_threads": torch.get_num_threads(),
         "python": sys.version.split()[0],
-        "batch": args.batch, "d_inner": args.d_inner, "d_state": args.d_state,
-        "repeats": args.repeats, "ours_factor": args.ours_factor,
+        "batch": args.batch,
+        "d_inner": args.d_inner,
+        "d_state": args.d_state,
+        "repeats": args.repeats,
+        "ours_factor": args.ours_factor,
     }
-    print(f"# selective scan, forward + backward, CPU ({meta['torch_threads']} threads), "
-          f"torch {meta['torch']}, numba {meta['numba']}; batch {args.batch}, "
-          f"d_inner {args.d_inner}, d_state {args.d_state}; median of {args.repeats} "
-          f"interleaved runs ({args.repeats * args.ours_factor} for ours)\n")
+    print(
+        f"# selective scan, forward + backward, CPU ({meta['torch_threads']} threads), "
+        f"torch {meta['torch']}, numba {meta['numba']}; batch {args.batch}, "
+        f"d_inner {args.d_inner}, d_state {args.d_state}; median of {args.repeats} "
+        f"interleaved runs ({args.repeats * args.ours_factor} for ours)\n"
+    )
     rows = []
     for length in args.lengths:
         inp = make_inputs(args.batch, args.d_inner, args.d_state, length)
         res = time_interleaved(
-            {"ours": (scan_ours, inp), "loop": (scan_loop, inp),
-             "mambapy": (scan_mambapy, to_mambapy_layout(inp))},
-            args.repeats, args.ours_factor,
+            {
+                "ours": (scan_ours, inp),
+                "loop": (scan_loop, inp),
+                "mambapy": (scan_mambapy, to_mambapy_layout(inp)),
+            },
+            args.repeats,
+            args.ours_factor,
         )
-        (t_ours, y_ours), (t_loop, y_loop), (t_mpy, y_mpy) = (
-            res["ours"], res["loop"], res["mambapy"]
+        (t_ours, y_ours), (t_loop, y_loop), (t_mpy, y_mpy) = (res["ours"], res["loop"], res["mambapy"])
+        rows.append(
+            {
+                "length": length,
+                "ours_s": t_ours,
+                "loop_s": t_loop,
+                "mambapy_s": t_mpy,
+                "err_ours_vs_loop": rel_err(y_ours, y_loop),
+                "err_mambapy_vs_loop": rel_err(rearrange(y_mpy, "b l d -> b d l"), y_loop),
+            }
         )
-        rows.append({
-            "length": length, "ours_s": t_ours, "loop_s": t_loop, "mambapy_s": t_mpy,
-            "err_ours_vs_loop": rel_err(y_ours, y_loop),
-            "err_mambapy_vs_loop": rel_err(rearrange(y_mpy, "b l d -> b d l"), y_loop),
-        })
         print(f"L={length}: done", file=sys.stderr)
 
-    print("| L | loop (s) | mambapy pscan (s) | ours (s) | loop / ours | mambapy / ours "
-          "| max rel err ours vs loop |")
+    print(
+        "| L | loop (s) | mambapy pscan (s) | ours (s) | loop / ours | mambapy / ours "
+        "| max rel err ours vs loop |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['length']} | {r['loop_s']:.3f} | {r['mambapy_s']:.3f} | {r['ours_s']:.3f} "
-              f"| {r['loop_s'] / r['ours_s']:.1f}x | {r['mambapy_s'] / r['ours_s']:.1f}x "
-              f"| {r['err_ours_vs_loop']:.1e} |")
+        print(
+            f"| {r['length']} | {r['loop_s']:.3f} | {r['mambapy_s']:.3f} | {r['ours_s']:.3f} "
+            f"| {r['loop_s'] / r['ours_s']:.1f}x | {r['mambapy_s'] / r['ours_s']:.1f}x "
+            f"| {r['err_ours_vs_loop']:.1e} |"
+        )
     growth = []
     for short, long in zip(rows, rows[1:], strict=False):
         ratio = long["ours_s"] / short["ours_s"]
         growth.append({"from": short["length"], "to": long["length"], "ratio": ratio})
-        print(f"\nours({long['length']}) / ours({short['length']}) = {ratio:.2f} "
-              f"(length ratio {long['length'] / short['length']:.2f})")
+        print(
+            f"\nours({long['length']}) / ours({short['length']}) = {ratio:.2f} "
+            f"(length ratio {long['length'] / short['length']:.2f})"
+        )
 
     cuda = cuda_comparison(args)
     if "skipped" in cuda:
@@ -220,8 +251,10 @@ def main(argv=None) -> int:
         print("\n| L (GPU) | mamba_ssm (s) | ours, torch back end (s) | max rel err |")
         print("|---:|---:|---:|---:|")
         for r in cuda["rows"]:
-            print(f"| {r['length']} | {r['mamba_ssm_s']:.4f} | {r['ours_torch_s']:.4f} "
-                  f"| {r['max_rel_err']:.1e} |")
+            print(
+                f"| {r['length']} | {r['mamba_ssm_s']:.4f} | {r['ours_torch_s']:.4f} "
+                f"| {r['max_rel_err']:.1e} |"
+            )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"meta": meta, "cpu": rows, "growth": growth, "cuda": cuda}, fh, indent=2)

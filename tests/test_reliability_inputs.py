@@ -418,4 +418,3 @@ def test_troubleshooting_lists_every_case():
     documented = _table_rows("## Cases the test suite checks")
     expected = {c.id: c.code for c in CASES} | {"atlas-schaefer400-absent": 66}
     assert {case: documented.get(case) for case in expected} == expected
-

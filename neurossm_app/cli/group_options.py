@@ -217,4 +217,3 @@ def add_group_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="ROI permutations of the reference score's p-value",
     )
-

@@ -81,7 +81,6 @@ def _fexp_overload(x):
     return lambda x: math.exp(x)
 
 
-
 def _load_block(src, b, c0, width, dst):
     """Copy ``src[b, c0:c0 + width, :]`` (D, L) into ``dst[:, :width]`` (L, LANES)."""
     for j in range(width):
@@ -145,8 +144,27 @@ def _forward(u, dt, A, Bt, Ct, D, z, has_d, has_z, out):
 
 
 def _backward(
-    u, dt, xraw, A, Bt, Ct, D, z, gout, has_d, has_z, softplus, n_groups,
-    du, ddelta, dz, dA_part, dBt_part, dCt_part, dD_part, dbias_part,
+    u,
+    dt,
+    xraw,
+    A,
+    Bt,
+    Ct,
+    D,
+    z,
+    gout,
+    has_d,
+    has_z,
+    softplus,
+    n_groups,
+    du,
+    ddelta,
+    dz,
+    dA_part,
+    dBt_part,
+    dCt_part,
+    dD_part,
+    dbias_part,
 ):
     # dA_part (B, D, N), dD_part (B, D), dbias_part (B, D): the caller sums them over batch.
     # dBt_part, dCt_part (B, G, L, N): channel group g of batch b; the caller sums over G.

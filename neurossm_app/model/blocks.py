@@ -209,8 +209,7 @@ class Pathway(nn.Module):
         self.embed = nn.Linear(n_rois, d_model)
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            BiMambaBlock(d_model, d_state, d_conv, expand, bidirectional, backend)
-            for _ in range(n_layers)
+            BiMambaBlock(d_model, d_state, d_conv, expand, bidirectional, backend) for _ in range(n_layers)
         )
         self.norm = nn.LayerNorm(d_model)
 

@@ -116,9 +116,7 @@ class Mamba(nn.Module):
             **factory_kwargs,
         )
         self.act = nn.SiLU()
-        self.x_proj = nn.Linear(
-            self.d_inner, self.dt_rank + self.d_state * 2, bias=False, **factory_kwargs
-        )
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + self.d_state * 2, bias=False, **factory_kwargs)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory_kwargs)
 
         # dt projection: keep the variance of dt at initialisation.

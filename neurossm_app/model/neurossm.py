@@ -96,8 +96,11 @@ class NeuroSSMConfig:
             problems.append(f"n_classes must be at least 2, got {self.n_classes!r}")
         if not self.scales or min(self.scales) < 1 or len(set(self.scales)) != len(self.scales):
             problems.append(f"scales must be distinct positive integers, got {self.scales!r}")
-        if (not self.signals or not set(self.signals) <= set(SIGNALS)
-                or len(set(self.signals)) != len(self.signals)):
+        if (
+            not self.signals
+            or not set(self.signals) <= set(SIGNALS)
+            or len(set(self.signals)) != len(self.signals)
+        ):
             problems.append(f"signals must be distinct values from {SIGNALS}, got {self.signals!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
@@ -167,15 +170,35 @@ class NeuroSSM(nn.Module):
     ) -> None:
         super().__init__()
         cfg = NeuroSSMConfig(
-            n_rois=n_rois, n_classes=n_classes, d_model=d_model, n_layers=n_layers,
-            d_state=d_state, d_conv=d_conv, expand=expand, scales=tuple(scales),
-            signals=tuple(signals), bidirectional=bidirectional, dropout=dropout,
+            n_rois=n_rois,
+            n_classes=n_classes,
+            d_model=d_model,
+            n_layers=n_layers,
+            d_state=d_state,
+            d_conv=d_conv,
+            expand=expand,
+            scales=tuple(scales),
+            signals=tuple(signals),
+            bidirectional=bidirectional,
+            dropout=dropout,
         )
         self.config = cfg
         self.pathway_names = cfg.pathway_names
         self.pathways = nn.ModuleDict(
-            (name, Pathway(cfg.n_rois, cfg.d_model, cfg.n_layers, cfg.d_state, cfg.d_conv,
-                           cfg.expand, cfg.bidirectional, cfg.dropout, backend))
+            (
+                name,
+                Pathway(
+                    cfg.n_rois,
+                    cfg.d_model,
+                    cfg.n_layers,
+                    cfg.d_state,
+                    cfg.d_conv,
+                    cfg.expand,
+                    cfg.bidirectional,
+                    cfg.dropout,
+                    backend,
+                ),
+            )
             for name in self.pathway_names
         )
         # Attention pooling over pathways: one learned query against projected keys.
@@ -287,8 +310,12 @@ class NeuroSSM(nn.Module):
         if lengths is None:
             return None
         lengths = torch.as_tensor(lengths, device=x.device)
-        if (lengths.shape != (x.shape[0],) or lengths.is_floating_point()
-                or bool((lengths < 1).any()) or bool((lengths > x.shape[2]).any())):
+        if (
+            lengths.shape != (x.shape[0],)
+            or lengths.is_floating_point()
+            or bool((lengths < 1).any())
+            or bool((lengths > x.shape[2]).any())
+        ):
             raise ValueError(
                 f"lengths must be integers of shape (batch={x.shape[0]},) between 1 and "
                 f"T={x.shape[2]}; got {lengths.tolist()}."
@@ -302,7 +329,6 @@ class NeuroSSM(nn.Module):
         unknown = sorted(names - set(self.pathway_names))
         if unknown:
             raise ValueError(
-                f"Cannot ablate unknown pathway(s) {unknown}; this model has "
-                f"{list(self.pathway_names)}."
+                f"Cannot ablate unknown pathway(s) {unknown}; this model has {list(self.pathway_names)}."
             )
         return names

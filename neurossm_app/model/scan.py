@@ -132,9 +132,7 @@ def resolve_backend(backend: Backend, device: torch.device) -> str:
         return "cpu" if _get_kernels() is not None else "torch"
     if backend == "cuda":
         if not on_gpu:
-            raise ValueError(
-                f"backend='cuda' needs tensors on a GPU, got {device}; use backend='auto'."
-            )
+            raise ValueError(f"backend='cuda' needs tensors on a GPU, got {device}; use backend='auto'.")
         if _mamba_ssm_scan() is None:
             raise ImportError(
                 "backend='cuda' needs the mamba-ssm package: "
@@ -200,8 +198,7 @@ def selective_scan(
 def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
     if u.dim() != 3 or delta.shape != u.shape:
         raise ValueError(
-            f"u and delta must both be (batch, dim, length); got {tuple(u.shape)} "
-            f"and {tuple(delta.shape)}."
+            f"u and delta must both be (batch, dim, length); got {tuple(u.shape)} and {tuple(delta.shape)}."
         )
     batch, dim, length = u.shape
     if A.dim() != 2 or A.shape[0] != dim:
@@ -213,8 +210,7 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
                 f"{name} must be (batch, d_state, length) = {expected}; got {tuple(t.shape)}. "
                 "Only input-dependent real B and C are supported."
             )
-    for name, t, shape in (("D", D, (dim,)), ("delta_bias", delta_bias, (dim,)),
-                           ("z", z, tuple(u.shape))):
+    for name, t, shape in (("D", D, (dim,)), ("delta_bias", delta_bias, (dim,)), ("z", z, tuple(u.shape))):
         if t is not None and tuple(t.shape) != shape:
             raise ValueError(f"{name} must have shape {shape}; got {tuple(t.shape)}.")
 
@@ -306,8 +302,15 @@ class _SelectiveScanCPU(torch.autograd.Function):
         out = torch.empty(u.shape, dtype=work)
         _run_kernel(
             forward_kernel,
-            _as_array(u, work, 3), dt.numpy(), _as_array(A, work, 2), b_t.numpy(), c_t.numpy(),
-            _as_array(D, work, 1), _as_array(z, work, 3), D is not None, z is not None,
+            _as_array(u, work, 3),
+            dt.numpy(),
+            _as_array(A, work, 2),
+            b_t.numpy(),
+            c_t.numpy(),
+            _as_array(D, work, 1),
+            _as_array(z, work, 3),
+            D is not None,
+            z is not None,
             out.numpy(),
         )
         ctx.delta_softplus = bool(delta_softplus)
@@ -341,11 +344,27 @@ class _SelectiveScanCPU(torch.autograd.Function):
         dbias_part = torch.empty(n_batch, n_chan, dtype=f64)
         _run_kernel(
             backward_kernel,
-            _as_array(u, work, 3), dt.numpy(), _as_array(xraw, work, 3), _as_array(A, work, 2),
-            b_t.numpy(), c_t.numpy(), _as_array(D, work, 1), _as_array(z, work, 3),
-            _as_array(grad_out, work, 3), has_d, has_z, ctx.delta_softplus, n_groups,
-            du.numpy(), ddelta.numpy(), dz.numpy(), da_part.numpy(), db_part.numpy(),
-            dc_part.numpy(), dd_part.numpy(), dbias_part.numpy(),
+            _as_array(u, work, 3),
+            dt.numpy(),
+            _as_array(xraw, work, 3),
+            _as_array(A, work, 2),
+            b_t.numpy(),
+            c_t.numpy(),
+            _as_array(D, work, 1),
+            _as_array(z, work, 3),
+            _as_array(grad_out, work, 3),
+            has_d,
+            has_z,
+            ctx.delta_softplus,
+            n_groups,
+            du.numpy(),
+            ddelta.numpy(),
+            dz.numpy(),
+            da_part.numpy(),
+            db_part.numpy(),
+            dc_part.numpy(),
+            dd_part.numpy(),
+            dbias_part.numpy(),
         )
         grad_b = rearrange(db_part.sum(1), "b l n -> b n l")  # (B, N, L)
         grad_c = rearrange(dc_part.sum(1), "b l n -> b n l")  # (B, N, L)
