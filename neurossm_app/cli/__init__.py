@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 # nipype checks for updates over the network at import unless this is set.
 os.environ.setdefault("NIPYPE_NO_ET", "1")
@@ -42,8 +43,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def limit_threads(n_threads: int) -> None:
     """Bound numpy/BLAS, numba and torch threads here and in worker processes started later."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n_threads)
+    # numba fixes its pool size at first use and refuses a changed NUMBA_NUM_THREADS afterwards
+    # (a second call in one process, as in tests); the scan bounds its threads per call anyway.
+    if "numba" not in sys.modules:
+        os.environ["NUMBA_NUM_THREADS"] = str(n_threads)
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=n_threads)
