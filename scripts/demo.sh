@@ -6,8 +6,8 @@ rm -rf "$demo/data" "$demo/out" "$demo/work"
 mkdir -p "$demo"
 start=$SECONDS
 
-echo "== 1/3 synthetic BIDS dataset with fMRIPrep derivatives and planted sex effects (24 subjects)"
-neurossm-synth "$demo/data" --subjects 24 --volumes 200 --tr 2.0 --seed 0
+echo "== 1/3 synthetic BIDS dataset: 12 subjects x 3 tasks, fMRIPrep derivatives, planted task effects"
+neurossm-synth "$demo/data" --subjects 12 --tasks motor,language,wm --volumes 150 --tr 2.0 --seed 4
 
 # The real fetchers read these caches; nothing is downloaded.
 export TEMPLATEFLOW_HOME="$PWD/$demo/data/sourcedata/atlases/templateflow"
@@ -16,12 +16,12 @@ export NILEARN_DATA="$PWD/$demo/data/sourcedata/atlases/nilearn_data"
 echo "== 2/3 participant level: Schaefer-400 ROI time series, 36P confounds, 0.01-0.1 Hz"
 neurossm-app "$demo/data" "$demo/out" participant -w "$demo/work" --nprocs 2 --skip-bids-validation
 
-echo "== 3/3 group level: NeuroSSM 3-fold cross-validation of sex, CPA maps, report"
-neurossm-app "$demo/data" "$demo/out" group --preset hcp-rest --dynamic-length 150 \
+echo "== 3/3 group level: NeuroSSM 3-fold cross-validation of the task, CPA vs Neurosynth, report"
+neurossm-app "$demo/data" "$demo/out" group --preset hcp-task --dynamic-length 120 \
     --folds 3 --seeds 0 --epochs 60 --d-model 32 --n-layers 1 --omp-nthreads 2 \
     --analysis --neurosynth-dir "$demo/data/sourcedata/neurosynth"
 
-run="$demo/out/group/hcp-rest"
+run="$demo/out/group/hcp-task"
 echo
 echo "Done in $((SECONDS - start)) s. Results:"
 echo "  participant reports:     $demo/out/sub-*.html"
