@@ -20,6 +20,8 @@ import pandas as pd
 from neurossm_app.errors import InputMissingError, UsageError
 
 TEMPLATE = "MNI152NLin2009cAsym"
+#: TemplateFlow ``res-`` of the Schaefer volume the participant level reads.
+RUNTIME_RESOLUTION = 2
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,38 @@ class Atlas:
         return len(self.names)
 
 
+def atlas_files(
+    key: str,
+    templateflow_home: Path,
+    nilearn_data: Path,
+    resolutions: tuple[int, ...] = (RUNTIME_RESOLUTION,),
+) -> list[Path]:
+    """The files atlas ``key`` consists of in the local caches.
+
+    Parameters
+    ----------
+    key
+        An :data:`neurossm_app.atlases.ATLASES` key.
+    templateflow_home, nilearn_data
+        The TemplateFlow home and the nilearn data directory.
+    resolutions
+        TemplateFlow ``res-`` values of the Schaefer volumes to list (ignored for AAL3v2).
+
+    Returns
+    -------
+    list of Path
+        Label volume(s) first, then the label table.
+    """
+    spec = ATLASES[key]
+    if spec.source == "templateflow":
+        folder = Path(templateflow_home) / f"tpl-{TEMPLATE}"
+        stem = f"atlas-Schaefer2018_desc-{spec.desc}_dseg"
+        volumes = [folder / f"tpl-{TEMPLATE}_res-{res:02d}_{stem}.nii.gz" for res in resolutions]
+        return [*volumes, folder / f"tpl-{TEMPLATE}_{stem}.tsv"]
+    folder = Path(nilearn_data) / "aal_3v2" / "AAL3"
+    return [folder / "AAL3v1.nii", folder / "AAL3v1.xml"]
+
+
 def packaged_path(name: str) -> Path:
     """Path of a label table shipped in ``neurossm_app/data/atlases/`` (see :func:`packaged_table`)."""
     return Path(str(resources.files("neurossm_app") / "data" / "atlases" / name))
@@ -131,12 +165,17 @@ def _prefetch_hint(spec: AtlasSpec) -> str:
 
 def _templateflow_atlas(spec: AtlasSpec) -> Atlas:
     home = os.environ.get("TEMPLATEFLOW_HOME", str(Path.home() / ".cache" / "templateflow"))
-    wanted = f"tpl-{TEMPLATE}_res-02_atlas-Schaefer2018_desc-{spec.desc}_dseg.nii.gz"
+    wanted = atlas_files(spec.key, Path(home), Path())[0].name
     try:
         from templateflow import api as tflow
 
         image = tflow.get(
-            TEMPLATE, resolution=2, atlas="Schaefer2018", desc=spec.desc, suffix="dseg", extension=".nii.gz"
+            TEMPLATE,
+            resolution=RUNTIME_RESOLUTION,
+            atlas="Schaefer2018",
+            desc=spec.desc,
+            suffix="dseg",
+            extension=".nii.gz",
         )
         table = tflow.get(TEMPLATE, atlas="Schaefer2018", desc=spec.desc, suffix="dseg", extension=".tsv")
     except Exception as err:  # noqa: BLE001 - any fetch failure means "not available offline"

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from neurossm_app import __version__
-from neurossm_app.atlases import ATLASES, TEMPLATE
+from neurossm_app.atlases import ATLASES, TEMPLATE, atlas_files
 from neurossm_app.errors import (
     EX_NOINPUT,
     EX_USAGE,
@@ -45,8 +45,6 @@ LOGGER = logging.getLogger("neurossm_app.fetch")
 
 #: TemplateFlow resolutions fetched for the Schaefer atlases; the app itself reads ``res-02``.
 SCHAEFER_RESOLUTIONS = (1, 2)
-#: The resolution the participant level reads (see ``neurossm_app.atlases``); ``--check`` needs it.
-RUNTIME_RESOLUTION = 2
 
 #: Neurosynth release fetched by :func:`fetch_neurosynth` (NiMARE's ``fetch_neurosynth`` arguments).
 NEUROSYNTH_QUERY = {"version": "7", "source": "abstract", "vocab": "terms"}
@@ -79,38 +77,6 @@ def default_nilearn_data() -> Path:
         if os.environ.get(var):
             return Path(os.environ[var].split(os.pathsep)[0])
     return Path.home() / "nilearn_data"
-
-
-def atlas_files(
-    key: str,
-    templateflow_home: Path,
-    nilearn_data: Path,
-    resolutions: tuple[int, ...] = (RUNTIME_RESOLUTION,),
-) -> list[Path]:
-    """The files atlas ``key`` consists of in the local caches.
-
-    Parameters
-    ----------
-    key
-        An :data:`neurossm_app.atlases.ATLASES` key.
-    templateflow_home, nilearn_data
-        The TemplateFlow home and the nilearn data directory.
-    resolutions
-        TemplateFlow ``res-`` values of the Schaefer volumes to list (ignored for AAL3v2).
-
-    Returns
-    -------
-    list of Path
-        Label volume(s) first, then the label table.
-    """
-    spec = ATLASES[key]
-    if spec.source == "templateflow":
-        folder = Path(templateflow_home) / f"tpl-{TEMPLATE}"
-        stem = f"atlas-Schaefer2018_desc-{spec.desc}_dseg"
-        volumes = [folder / f"tpl-{TEMPLATE}_res-{res:02d}_{stem}.nii.gz" for res in resolutions]
-        return [*volumes, folder / f"tpl-{TEMPLATE}_{stem}.tsv"]
-    folder = Path(nilearn_data) / "aal_3v2" / "AAL3"
-    return [folder / "AAL3v1.nii", folder / "AAL3v1.xml"]
 
 
 def _present(path: Path) -> bool:

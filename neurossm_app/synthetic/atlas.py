@@ -31,7 +31,7 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
-from neurossm_app.atlases import packaged_path, packaged_table
+from neurossm_app.atlases import atlas_files, packaged_path, packaged_table
 from neurossm_app.synthetic.files import write_json, write_nifti
 from neurossm_app.synthetic.grid import (
     BRAIN_CENTER_MM,
@@ -252,11 +252,10 @@ def install_atlases(cache_dir: Path) -> dict[str, Path]:
     )
     template_description = json.loads(_data_file(f"tpl-{TEMPLATE}_template_description.json").read_text())
     write_json(tpl_dir / "template_description.json", template_description)
-    for atlas, desc in SCHAEFER_DESCS.items():
-        stem = f"tpl-{TEMPLATE}_res-02_atlas-Schaefer2018_desc-{desc}_dseg"
-        written[atlas] = write_nifti(tpl_dir / f"{stem}.nii.gz", volumes.schaefer, affine, xform_code="mni")
-        table_name = f"tpl-{TEMPLATE}_atlas-Schaefer2018_desc-{desc}_dseg.tsv"
-        (tpl_dir / table_name).write_bytes(packaged_path(table_name).read_bytes())
+    for atlas in SCHAEFER_DESCS:
+        volume, table = atlas_files(atlas, tf_home, Path())
+        written[atlas] = write_nifti(volume, volumes.schaefer, affine, xform_code="mni")
+        table.write_bytes(packaged_path(table.name).read_bytes())
 
     nilearn_data = Path(cache_dir) / "nilearn_data"
     aal_dir = nilearn_data / "aal_3v2" / "AAL3"
