@@ -15,7 +15,7 @@ from neurossm_app.group.data import check_lengths, find_timeseries, load_dataset
 from neurossm_app.group.evaluate import classification_metrics, predict_proba
 from neurossm_app.group.presets import load_presets, resolve_settings
 from neurossm_app.group.splits import TRAIN_ONLY, assign_test_folds, check_fold_counts
-from neurossm_app.group.train import random_windows
+from neurossm_app.group.train import random_windows, weight_decay_groups
 from tests.test_group_fakedata import write_participant_outputs
 
 
@@ -141,6 +141,29 @@ def test_random_windows_shape_and_range():
     for window, full in zip(windows, series, strict=True):
         start = int(window[0, 0])
         assert np.array_equal(window, full[:, start : start + 8])
+
+
+def test_weight_decay_spares_biases_norms_and_mamba_state_parameters():
+    from neurossm_app.model import NeuroSSM
+
+    model = NeuroSSM(n_rois=7, n_classes=3, d_model=8, n_layers=1, d_state=4, scales=(1,))
+    decayed, exempt = weight_decay_groups(model, 0.3)
+    assert decayed["weight_decay"] == 0.3 and exempt["weight_decay"] == 0.0
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    decayed_names = {name_of[id(p)] for p in decayed["params"]}
+    exempt_names = {name_of[id(p)] for p in exempt["params"]}
+    assert len(decayed_names) + len(exempt_names) == len(name_of)  # every parameter, once
+    assert any(n.endswith("A_log") for n in exempt_names) and any(n.endswith(".D") for n in exempt_names)
+    assert not any(n.endswith(("A_log", ".D", "bias")) for n in decayed_names)
+    assert any(n.endswith("embed.weight") for n in decayed_names)
+    assert all(model.get_parameter(n).ndim >= 2 for n in decayed_names)
+    # an AdamW step with these groups leaves A_log where the gradient alone puts it
+    optimizer = torch.optim.AdamW([decayed, exempt], lr=0.1)
+    a_log = next(p for n, p in model.named_parameters() if n.endswith("A_log"))
+    before = a_log.detach().clone()
+    a_log.grad = torch.zeros_like(a_log)
+    optimizer.step()
+    assert torch.equal(a_log.detach(), before)
 
 
 def test_connectivity_baseline_separates_correlated_rois():

@@ -110,6 +110,27 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
+def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: weight decay on weight matrices and kernels only.
+
+    Biases, normalisation gains (1-D tensors) and parameters that mamba-ssm marks
+    ``_no_weight_decay`` (``A_log``, ``D``: decaying them pulls every state's decay rate
+    towards ``exp(-1)`` and the skip connection to 0) get none, as in mamba-ssm's own training.
+
+    Returns
+    -------
+    list of dict
+        ``[{"params": decayed, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]``
+    """
+    decayed, exempt = [], []
+    for parameter in model.parameters():
+        if not parameter.requires_grad:
+            continue
+        no_decay = parameter.ndim < 2 or getattr(parameter, "_no_weight_decay", False)
+        (exempt if no_decay else decayed).append(parameter)
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+
+
 def train_model(
     model: nn.Module,
     series: list[np.ndarray],
@@ -149,7 +170,9 @@ def train_model(
     n_samples = len(series)
     steps_per_epoch = -(-n_samples // settings.batch_size)
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(
+        weight_decay_groups(model, settings.weight_decay), lr=settings.lr, weight_decay=settings.weight_decay
+    )
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch
     )
