@@ -7,8 +7,11 @@ named once per atlas in the truth file. Two kinds of effect:
 ``slow``
     A sinusoid at 0.03-0.06 Hz (random per run): lives in the raw signal (``"signal": "raw"``).
 ``transient``
-    Sparse 4-8 s plateaus with sharp ~2-TR edges: dominate the first temporal difference
-    (``"signal": "diff"``) and still survive a 0.01-0.1 Hz band-pass.
+    Sparse 4-8 s plateaus with sharp ~2-TR edges: meant for the first temporal difference
+    (``"signal": "diff"``) and still survive a 0.01-0.1 Hz band-pass. A plateau that survives a
+    0.1 Hz low-pass is about as visible in the raw signal, and CPA of a trained NeuroSSM mostly
+    credits these to raw pathways; the CPA end-to-end test plants faster bursts for that
+    reason (docs/cpa.md, "What CPA recovers on synthetic data").
 """
 
 from __future__ import annotations
