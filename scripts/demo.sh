@@ -2,16 +2,17 @@
 # End-to-end demo on synthetic data, CPU only: called by `make demo` with .venv on PATH.
 set -euo pipefail
 demo=${1:-demo}
-rm -rf "$demo/data" "$demo/out" "$demo/work"
 mkdir -p "$demo"
+demo=$(cd "$demo" && pwd)  # absolute: DEMO_DIR may be relative or absolute
+rm -rf "$demo/data" "$demo/out" "$demo/work"
 start=$SECONDS
 
 echo "== 1/3 synthetic BIDS dataset: 12 subjects x 3 tasks, fMRIPrep derivatives, planted task effects"
 neurossm-synth "$demo/data" --subjects 12 --tasks motor,language,wm --volumes 150 --tr 2.0 --seed 4
 
 # The real fetchers read these caches; nothing is downloaded.
-export TEMPLATEFLOW_HOME="$PWD/$demo/data/sourcedata/atlases/templateflow"
-export NILEARN_DATA="$PWD/$demo/data/sourcedata/atlases/nilearn_data"
+export TEMPLATEFLOW_HOME="$demo/data/sourcedata/atlases/templateflow"
+export NILEARN_DATA="$demo/data/sourcedata/atlases/nilearn_data"
 
 echo "== 2/3 participant level: Schaefer-400 ROI time series, 36P confounds, 0.01-0.1 Hz"
 neurossm-app "$demo/data" "$demo/out" participant -w "$demo/work" --nprocs 2 --skip-bids-validation
