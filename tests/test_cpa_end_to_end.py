@@ -93,11 +93,22 @@ def planted_series(task: str, truth: dict, names: list[str], rng: np.random.Gene
     return 100 + 5 * x
 
 
-@pytest.fixture(scope="module")
-def analysed(tmp_path_factory, atlas_cache):
-    root = tmp_path_factory.mktemp("cpa-e2e")
+def write_dataset(root: Path, seed: int) -> tuple[list[str], dict, list[str], Path]:
+    """Write the planted series under ``root/out`` and the Neurosynth database.
+
+    Returns
+    -------
+    argv : list of str
+        ``group --analysis`` arguments for :func:`neurossm_app.cli.main`.
+    truth : dict
+        Class -> truth-record entry (``rois``, ``signal``, ``effect``) of the effect classes.
+    names : list of str
+        ROI names (Schaefer-400, 17 networks), the TSV columns.
+    neurosynth : Path
+        The ``--neurosynth-dir``.
+    """
     bids, out = root / "bids", root / "out"
-    bids.mkdir()
+    bids.mkdir(parents=True)
     (bids / "dataset_description.json").write_text(json.dumps({"Name": "cpa", "BIDSVersion": "1.10.0"}))
     out.mkdir()
     (out / "dataset_description.json").write_text(
@@ -106,7 +117,7 @@ def analysed(tmp_path_factory, atlas_cache):
     record = truth_record(planted_effects(list(TASKS)), {"tasks": list(TASKS)})
     truth = record["atlases"]["schaefer400"]["targets"]["task"]
     names = schaefer_names("schaefer400")
-    rng = np.random.default_rng(11)
+    rng = np.random.default_rng(seed)
     for subject in (f"{i + 1:02d}" for i in range(N_SUBJECTS)):
         for task in CLASSES:
             entities = {"subject": subject, "task": task, "space": "MNI152NLin2009cAsym", "atlas": ATLAS}
@@ -119,8 +130,15 @@ def analysed(tmp_path_factory, atlas_cache):
     neurosynth = root / "neurosynth"
     write_neurosynth_database(neurosynth, record, seed=1)
     argv = [str(bids), str(out), "group", *ARGS, "--analysis", "--neurosynth-dir", str(neurosynth)]
+    return argv, truth, names, neurosynth
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory, atlas_cache):
+    root = tmp_path_factory.mktemp("cpa-e2e")
+    argv, truth, names, neurosynth = write_dataset(root, seed=11)
     assert main([*argv, "--n-permutations", "500"]) == 0
-    return out / "group" / "hcp-task", truth, names, neurosynth
+    return root / "out" / "group" / "hcp-task", truth, names, neurosynth
 
 
 def test_training_separates_the_tasks(analysed):
@@ -143,6 +161,33 @@ def test_cpa_files_per_held_out_scan(analysed):
     assert arrays["cpa"].shape == (len(names),) and arrays["dominant_pathway"].shape == (len(names),)
 
 
+def planted_recovery(run: Path, truth: dict) -> pd.DataFrame:
+    """Per effect class: how CPA's class map treats the planted ROIs.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index: class. Columns: ``signal`` ("raw"/"diff"), ``in_top25`` (fraction of the planted
+        ROIs in the CPA top-25% mask), ``n_top25`` (size of the mask), ``dominant`` (dict
+        pathway -> number of planted ROIs it dominates), ``in_own_pathway`` (all of them
+        dominated by a pathway of the effect's signal), ``partial_r`` (Neurosynth score).
+    """
+    scores = read_tsv(run / "maps" / f"{PREFIX}_desc-neurosynthReference_scores.tsv").set_index("class")
+    rows = {}
+    for task, effect in truth.items():
+        rois = read_tsv(run / "maps" / f"{PREFIX}_label-{task}_desc-cpa_rois.tsv").set_index("roi")
+        dominant = rois.loc[effect["rois"], "dominant_pathway"]
+        rows[task] = {
+            "signal": effect["signal"],
+            "in_top25": rois.loc[effect["rois"], "cpa_top25"].mean(),
+            "n_top25": int(rois["cpa_top25"].sum()),
+            "dominant": dominant.value_counts().to_dict(),
+            "in_own_pathway": bool(dominant.str.startswith(f"{effect['signal']}_").all()),
+            "partial_r": scores.loc[task, "partial_r"],
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
 def test_planted_rois_in_top_quarter_and_in_their_pathway(analysed):
     """At least 80% of each class's planted ROIs in its CPA top 25%, dominated by their pathway.
 
@@ -150,16 +195,12 @@ def test_planted_rois_in_top_quarter_and_in_their_pathway(analysed):
     against raw pathways too (design section 9: tests check CPA finds the planted pathways).
     """
     run, truth, names, _ = analysed
-    for task in TASKS:
-        rois = read_tsv(run / "maps" / f"{PREFIX}_label-{task}_desc-cpa_rois.tsv").set_index("roi")
-        assert rois["cpa_top25"].sum() == math.ceil(len(names) / 4)
-        planted = truth[task]["rois"]
-        inside = rois.loc[planted, "cpa_top25"].mean()
-        assert inside >= 0.8, f"{task}: {inside:.0%} of the planted ROIs in the CPA top 25%"
-        dominant = rois.loc[planted, "dominant_pathway"]
-        signal = truth[task]["signal"]  # "raw" or "diff"
-        counts = dominant.value_counts().to_dict()
-        assert dominant.str.startswith(f"{signal}_").all(), f"{task} ({signal} effect): {counts}"
+    recovery = planted_recovery(run, truth)
+    assert list(recovery.index) == list(TASKS)
+    assert (recovery["n_top25"] == math.ceil(len(names) / 4)).all()
+    for task, row in recovery.iterrows():
+        assert row["in_top25"] >= 0.8, f"{task}: {row['in_top25']:.0%} of the planted ROIs in the CPA top 25%"
+        assert row["in_own_pathway"], f"{task} ({row['signal']} effect): {row['dominant']}"
 
 
 def test_reference_scores_are_positive(analysed):
