@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -115,25 +116,27 @@ def _reset_peak_rss() -> bool:
     return True
 
 
-def _current_rss_mb() -> float:
-    """Resident set size now in MB (Linux), else NaN."""
+def _status_mb(field: str) -> float:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MB; NaN where unreadable."""
     try:
         for line in STATUS.read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return float("nan")
 
 
+def _current_rss_mb() -> float:
+    """Resident set size now in MB (Linux), else NaN."""
+    return _status_mb("VmRSS")
+
+
 def _peak_rss_mb() -> float:
     """The RSS high-water mark in MB: VmHWM (Linux; what ru_maxrss reports), else ru_maxrss."""
-    try:
-        for line in STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    peak = _status_mb("VmHWM")
+    if not math.isnan(peak):
+        return peak
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024  # bytes on macOS, else kB
 
