@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from neurossm_app.bids import TEMPLATE_SPACE
 from neurossm_app.errors import InputMissingError, UsageError
 
-TEMPLATE = "MNI152NLin2009cAsym"
+TEMPLATE = TEMPLATE_SPACE  # the atlases are resampled from the template of the BOLD space
 #: TemplateFlow ``res-`` of the Schaefer volume the participant level reads.
 RUNTIME_RESOLUTION = 2
 

@@ -29,16 +29,17 @@ import sys
 from pathlib import Path
 
 from neurossm_app import __version__
+from neurossm_app.argtypes import BidsAppParser
 from neurossm_app.atlases import ATLASES, TEMPLATE, atlas_files
 from neurossm_app.errors import (
     EX_NOINPUT,
-    EX_USAGE,
     InputMissingError,
     NeurossmError,
     OutputError,
     UsageError,
     run_reporting_errors,
 )
+from neurossm_app.files import is_present
 
 PROG = "neurossm-app-fetch"
 LOGGER = logging.getLogger("neurossm_app.fetch")
@@ -79,11 +80,6 @@ def default_nilearn_data() -> Path:
     return Path.home() / "nilearn_data"
 
 
-def _present(path: Path) -> bool:
-    # TemplateFlow's skeleton holds zero-byte placeholders for files not yet downloaded.
-    return path.is_file() and path.stat().st_size > 0
-
-
 def _set_templateflow_home(home: Path) -> None:
     """Point TemplateFlow at ``home``; it reads the variable once, when first imported."""
     home = home.expanduser().absolute()
@@ -120,7 +116,7 @@ def fetch_schaefer(key: str, templateflow_home: Path) -> list[Path]:
             f"({type(err).__name__}: {_first_line(err)}); check the network connection."
         ) from None
     wanted = atlas_files(key, templateflow_home, Path(), SCHAEFER_RESOLUTIONS)
-    missing = [p for p in wanted if not _present(p)]
+    missing = [p for p in wanted if not is_present(p)]
     if missing:
         names = ", ".join(p.name for p in missing)
         raise InputMissingError(
@@ -176,7 +172,7 @@ def fetch_neurosynth(directory: Path) -> list[Path]:
         files[0].parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(f"cannot create the Neurosynth directory {directory}: {err.strerror}.") from None
-    had = {p for p in files if _present(p)}
+    had = {p for p in files if is_present(p)}
     try:
         from nimare.extract import fetch_neurosynth as nimare_fetch_neurosynth
 
@@ -195,7 +191,7 @@ def fetch_neurosynth(directory: Path) -> list[Path]:
             f"could not download Neurosynth into {directory} ({type(err).__name__}: {_first_line(err)}); "
             "check the network connection."
         ) from None
-    missing = [p.name for p in files if not _present(p)]
+    missing = [p.name for p in files if not is_present(p)]
     if missing:
         raise InputMissingError(f"Neurosynth download into {directory} is incomplete: {', '.join(missing)}.")
     return files
@@ -220,7 +216,7 @@ def check(
     problems = []
     resolvable = []
     for key in keys:
-        missing = [p for p in atlas_files(key, templateflow_home, nilearn_data) if not _present(p)]
+        missing = [p for p in atlas_files(key, templateflow_home, nilearn_data) if not is_present(p)]
         if missing:
             where = (
                 f"--templateflow-home {templateflow_home}"
@@ -251,7 +247,7 @@ def check(
                 continue
             print(f"ok: {key}: {atlas.n_rois} regions, {atlas.image}")
     if neurosynth is not None:
-        absent = [p for p in neurosynth_files(neurosynth) if not _present(p)]
+        absent = [p for p in neurosynth_files(neurosynth) if not is_present(p)]
         problems += [
             f"missing: neurosynth: {path}; fetch it with `{PROG} --atlas none --neurosynth {neurosynth}`."
             for path in absent
@@ -266,17 +262,9 @@ def check(
 # --------------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors are one line and exit 64, as in ``neurossm-app``."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``neurossm-app-fetch`` argument parser; every option is documented in docs/usage.md."""
-    parser = _Parser(
+    parser = BidsAppParser(
         prog=PROG,
         description="Download the atlases neurossm-app uses (Schaefer2018 400 via TemplateFlow, AAL3v2 via "
         "nilearn) and optionally Neurosynth into local caches, or check offline that they are there.",

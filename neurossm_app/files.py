@@ -77,3 +77,9 @@ def copy_atomic(source: str | os.PathLike, destination: str | os.PathLike) -> Pa
     import shutil
 
     return write_atomic(destination, lambda tmp: shutil.copyfile(source, tmp))
+
+
+def is_present(path: Path) -> bool:
+    """``path`` is a non-empty file (TemplateFlow's skeleton holds zero-byte placeholders for
+    files not yet downloaded)."""
+    return path.is_file() and path.stat().st_size > 0

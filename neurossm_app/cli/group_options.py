@@ -9,31 +9,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from neurossm_app.argtypes import non_negative_int, positive_float, positive_int
 from neurossm_app.group.neurosynth import default_neurosynth_dir
-from neurossm_app.group.presets import DEFAULT_PRESET, KNOWN_BASELINES, KNOWN_SIGNALS, preset_names
+from neurossm_app.group.presets import DEFAULT_PRESET, KNOWN_BASELINES, preset_names
+from neurossm_app.model.neurossm import SIGNALS
 
 _FROM_PRESET = "default: from --preset"
-
-
-def _non_negative_int(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return number
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return number
-
-
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return number
 
 
 def add_group_options(parser: argparse.ArgumentParser) -> None:
@@ -61,30 +42,30 @@ def add_group_options(parser: argparse.ArgumentParser) -> None:
 
     model = parser.add_argument_group("Group level: model")
     model.add_argument(
-        "--d-model", type=_positive_int, metavar="D", help=f"embedding width ({_FROM_PRESET}, 128)"
+        "--d-model", type=positive_int, metavar="D", help=f"embedding width ({_FROM_PRESET}, 128)"
     )
     model.add_argument(
-        "--n-layers", type=_positive_int, metavar="N", help=f"Mamba blocks per pathway ({_FROM_PRESET}, 2)"
+        "--n-layers", type=positive_int, metavar="N", help=f"Mamba blocks per pathway ({_FROM_PRESET}, 2)"
     )
     model.add_argument(
-        "--d-state", type=_positive_int, metavar="N", help=f"SSM state size ({_FROM_PRESET}, 16)"
+        "--d-state", type=positive_int, metavar="N", help=f"SSM state size ({_FROM_PRESET}, 16)"
     )
     model.add_argument(
-        "--d-conv", type=_positive_int, metavar="K", help=f"causal convolution width ({_FROM_PRESET}, 4)"
+        "--d-conv", type=positive_int, metavar="K", help=f"causal convolution width ({_FROM_PRESET}, 4)"
     )
     model.add_argument(
-        "--expand", type=_positive_int, metavar="E", help=f"inner width factor of a block ({_FROM_PRESET}, 2)"
+        "--expand", type=positive_int, metavar="E", help=f"inner width factor of a block ({_FROM_PRESET}, 2)"
     )
     model.add_argument(
         "--scales",
-        type=_positive_int,
+        type=positive_int,
         nargs="+",
         metavar="S",
         help=f"temporal scales (average pooling strides) of the pathways ({_FROM_PRESET}, 1 2 4)",
     )
     model.add_argument(
         "--signals",
-        choices=KNOWN_SIGNALS,
+        choices=SIGNALS,
         nargs="+",
         help=f"signals of the pathways: raw BOLD and/or its first difference ({_FROM_PRESET}, raw diff)",
     )
@@ -103,26 +84,26 @@ def add_group_options(parser: argparse.ArgumentParser) -> None:
     train = parser.add_argument_group("Group level: training")
     train.add_argument(
         "--dynamic-length",
-        type=_positive_int,
+        type=positive_int,
         metavar="VOLUMES",
         help="training window in volumes; every run must be at least this long "
         f"({_FROM_PRESET}: 600, 150 or 100)",
     )
     train.add_argument(
         "--epochs",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help=f"passes over the training scans ({_FROM_PRESET}, 30)",
     )
     train.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help=f"windows per optimizer step ({_FROM_PRESET}, 16)",
     )
     train.add_argument(
         "--lr",
-        type=_positive_float,
+        type=positive_float,
         metavar="LR",
         help=f"peak learning rate of the one-cycle schedule ({_FROM_PRESET}, 1e-3)",
     )
@@ -139,13 +120,13 @@ def add_group_options(parser: argparse.ArgumentParser) -> None:
     cv = parser.add_argument_group("Group level: validation")
     cv.add_argument(
         "--folds",
-        type=_positive_int,
+        type=positive_int,
         metavar="K",
         help=f"folds of the stratified cross-validation grouped by subject ({_FROM_PRESET}, 5)",
     )
     cv.add_argument(
         "--seeds",
-        type=_non_negative_int,
+        type=non_negative_int,
         nargs="+",
         metavar="S",
         help=f"repeat the cross-validation with these seeds ({_FROM_PRESET}, 0 1 2)",
@@ -171,13 +152,13 @@ def add_group_options(parser: argparse.ArgumentParser) -> None:
     )
     cv.add_argument(
         "--fold",
-        type=_non_negative_int,
+        type=non_negative_int,
         metavar="K",
         help="run only fold K (0-based; an HPC array task); a later call without --fold/--seed aggregates",
     )
     cv.add_argument(
         "--seed",
-        type=_non_negative_int,
+        type=non_negative_int,
         metavar="S",
         help="run only the units of seed S (one of --seeds); combine with --fold for one unit",
     )
@@ -212,7 +193,7 @@ def add_group_options(parser: argparse.ArgumentParser) -> None:
     )
     explain.add_argument(
         "--n-permutations",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=1000,
         metavar="N",
         help="ROI permutations of the reference score's p-value",

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from neurossm_app import __version__
+from neurossm_app.argtypes import BidsAppParser, abs_path, fraction, positive_int
 from neurossm_app.errors import InputMissingError, NeurossmError, UsageError
 
 
@@ -19,43 +20,11 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
         return super()._get_help_string(action)
 
 
-class _Parser(argparse.ArgumentParser):
-    """Accepts ``--participant_label`` as well as ``--participant-label``; exits 64 on misuse."""
-
-    def _parse_optional(self, arg_string):
-        if arg_string.startswith("--") and "_" in arg_string.split("=")[0]:
-            name, sep, value = arg_string.partition("=")
-            arg_string = name.replace("_", "-") + sep + value
-        return super()._parse_optional(arg_string)
-
-    def error(self, message):
-        self.print_usage()
-        self.exit(64, f"{self.prog}: error: {message}\n")
-
-
-def _path(value: str) -> Path:
-    return Path(value).expanduser().resolve()
-
-
 def _derivative(value: str) -> tuple[str, Path]:
     name, sep, path = value.partition("=")
     if not sep:
         name, path = "fmriprep", value
     return name.strip(), Path(path).expanduser().resolve()
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return number
-
-
-def _fraction(value: str) -> float:
-    number = float(value)
-    if not 0.0 <= number <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
-    return number
 
 
 def _optional_float(value: str) -> float | None:
@@ -67,16 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     from neurossm_app.atlases import ATLASES
     from neurossm_app.participant.clean import CONFOUND_STRATEGIES
 
-    parser = _Parser(
+    parser = BidsAppParser(
         prog="neurossm-app",
         description="NeuroSSM BIDS App: ROI time series from fMRIPrep derivatives (participant), "
         "then NeuroSSM training, cross-validation and CPA explanations (group).",
         formatter_class=_Formatter,
     )
     parser.add_argument(
-        "bids_dir", type=_path, help="raw BIDS dataset (or the fMRIPrep derivatives dataset itself)"
+        "bids_dir", type=abs_path, help="raw BIDS dataset (or the fMRIPrep derivatives dataset itself)"
     )
-    parser.add_argument("output_dir", type=_path, help="where derivatives are written (created if missing)")
+    parser.add_argument(
+        "output_dir", type=abs_path, help="where derivatives are written (created if missing)"
+    )
     parser.add_argument(
         "analysis_level",
         choices=["participant", "group"],
@@ -103,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--task-id", nargs="+", metavar="TASK", help="tasks to process (default: all)")
     sel.add_argument(
         "--bids-filter-file",
-        type=_path,
+        type=abs_path,
         metavar="FILE",
         help='JSON of extra pybids filters, e.g. {"bold": {"run": 1}} (fMRIPrep format)',
     )
@@ -117,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sel.add_argument(
         "--participants-tsv",
-        type=_path,
+        type=abs_path,
         metavar="FILE",
         help="participants.tsv with labels (default: BIDS_DIR/participants.tsv)",
     )
@@ -126,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sel.add_argument(
         "--bids-database-dir",
-        type=_path,
+        type=abs_path,
         metavar="DIR",
         help="reuse (or create) a pybids index here; speeds up large datasets",
     )
@@ -135,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument(
         "-w",
         "--work-dir",
-        type=_path,
+        type=abs_path,
         default=Path("work").resolve(),
         metavar="DIR",
         help="nipype working directory (intermediate files; safe to delete)",
@@ -143,15 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument(
         "--nprocs",
         "--n-cpus",
-        type=_positive_int,
+        type=positive_int,
         default=os.cpu_count() or 1,
         help="processes for the participant workflow (MultiProc)",
     )
     perf.add_argument(
-        "--omp-nthreads", type=_positive_int, default=1, help="threads per process for numpy/torch"
+        "--omp-nthreads", type=positive_int, default=1, help="threads per process for numpy/torch"
     )
     perf.add_argument(
-        "--mem-mb", type=_positive_int, metavar="MB", help="memory limit for the workflow scheduler"
+        "--mem-mb", type=positive_int, metavar="MB", help="memory limit for the workflow scheduler"
     )
 
     part = parser.add_argument_group("Participant level: atlas and denoising")
@@ -163,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     part.add_argument(
         "--atlas-dir",
-        type=_path,
+        type=abs_path,
         metavar="DIR",
         help="nilearn data directory holding AAL3v2 (default: NILEARN_DATA or ~/nilearn_data); "
         "Schaefer comes from TEMPLATEFLOW_HOME",
@@ -217,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     part.add_argument(
         "--min-coverage",
-        type=_fraction,
+        type=fraction,
         default=0.5,
         help="ROIs with less of their volume inside the brain mask are n/a",
     )

@@ -47,6 +47,7 @@ from neurossm_app.group.maps import (
     top_mask,
 )
 from neurossm_app.group.presets import GroupSettings
+from neurossm_app.provenance import GROUP_PACKAGES, software_versions
 
 LOGGER = logging.getLogger("neurossm_app")
 CPA_SUBJECTS = ("correct", "all")
@@ -291,7 +292,7 @@ def run_analysis(
     from neurossm_app.atlases import ATLASES, get_atlas
     from neurossm_app.group.neurosynth import NeurosynthDatabase, resolve_class_terms
     from neurossm_app.group.splits import unit_split
-    from neurossm_app.group.units import read_marker, software_versions
+    from neurossm_app.group.units import read_marker
 
     device = torch.device(device)
     atlas_label = ATLASES[settings.atlas].bids_label
@@ -436,7 +437,7 @@ def run_analysis(
         "n_scan_records": len(records),
         "incomplete_units": missing_units,
         "atlas": {"key": settings.atlas, "label": atlas_label, "image": str(atlas.image)},
-        "software": software_versions(),
+        "software": software_versions(GROUP_PACKAGES),
     }
     write_json(cpa_dir / "analysis.json", summary)
     LOGGER.info("CPA in %s, maps and reference scores in %s", cpa_dir, maps_dir)

@@ -147,11 +147,12 @@ def ensure_neurosynth(directory: Path, download: bool = True) -> list[Path]:
         Files missing and the download failed (offline) or ``download`` is False; the message
         names the directory and the pre-fetch command.
     """
-    from neurossm_app.fetch import _present, fetch_neurosynth, neurosynth_files
+    from neurossm_app.fetch import fetch_neurosynth, neurosynth_files
+    from neurossm_app.files import is_present
 
     directory = Path(directory).expanduser().absolute()
     files = neurosynth_files(directory)
-    if all(_present(p) for p in files):
+    if all(is_present(p) for p in files):
         return files
     hint = (
         f"pre-fetch it with `{FETCH_COMMAND} {directory}` on a machine with internet, or pass "

@@ -16,11 +16,11 @@ from importlib import resources
 from typing import Any
 
 from neurossm_app.errors import UsageError
+from neurossm_app.model.neurossm import SIGNALS
 
 PRESETS_FILE = "group_presets.json"
 DEFAULT_PRESET = "hcp-rest"
 KNOWN_BASELINES = ("fc-logreg",)
-KNOWN_SIGNALS = ("raw", "diff")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 
 # Settings that change the numbers; a resumed run must agree with the saved run on all of them.
@@ -227,9 +227,9 @@ def check_settings(settings: GroupSettings) -> None:
         problems.append("--seeds must be non-negative integers")
     if not settings.scales or any(s < 1 for s in settings.scales):
         problems.append("--scales must be positive integers, e.g. 1 2 4")
-    bad_signals = [s for s in settings.signals if s not in KNOWN_SIGNALS]
+    bad_signals = [s for s in settings.signals if s not in SIGNALS]
     if not settings.signals or bad_signals:
-        problems.append(f"--signals must be some of {', '.join(KNOWN_SIGNALS)}")
+        problems.append(f"--signals must be some of {', '.join(SIGNALS)}")
     bad = [b for b in settings.baselines if b not in KNOWN_BASELINES]
     if bad:
         problems.append(

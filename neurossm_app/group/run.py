@@ -32,7 +32,8 @@ from neurossm_app.group.data import NORMALIZATION, check_lengths, find_timeserie
 from neurossm_app.group.presets import GroupSettings
 from neurossm_app.group.splits import build_splits, check_fold_counts, load_or_save_splits, unit_split
 from neurossm_app.group.train import resolve_device
-from neurossm_app.group.units import read_marker, run_unit, software_versions, unit_dir
+from neurossm_app.group.units import read_marker, run_unit, unit_dir
+from neurossm_app.provenance import GROUP_PACKAGES, software_versions
 
 LOGGER = logging.getLogger("neurossm_app")
 
@@ -114,7 +115,7 @@ def check_or_save_config(run_dir: Path, settings: GroupSettings, dataset_summary
             "normalization": NORMALIZATION,
             "training": TRAINING_DETAILS,
             "dataset": dataset_summary,
-            "software": software_versions(),
+            "software": software_versions(GROUP_PACKAGES),
         },
     )
 

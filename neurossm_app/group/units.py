@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from neurossm_app.group.evaluate import METRICS, classification_metrics, predict
 from neurossm_app.group.models import build_neurossm
 from neurossm_app.group.presets import GroupSettings
 from neurossm_app.group.train import TrainSettings, seed_everything, train_model, unit_seed
+from neurossm_app.provenance import GROUP_PACKAGES, software_versions
 
 LOGGER = logging.getLogger("neurossm_app")
 
@@ -48,24 +48,6 @@ def read_marker(run_dir: Path, fold: int, seed: int) -> dict[str, Any] | None:
         return json.loads(marker.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None  # unreadable: treat as incomplete, the unit is redone
-
-
-def software_versions() -> dict[str, str]:
-    """Versions of the packages that determine the group-level numbers."""
-    import safetensors
-    import sklearn
-
-    from neurossm_app import __version__
-
-    return {
-        "neurossm-app": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "scikit-learn": sklearn.__version__,
-        "safetensors": safetensors.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def predictions_frame(
@@ -204,7 +186,7 @@ def run_unit(
         "neurossm_seconds": round(trained_s, 2),
         "total_seconds": round(time.time() - started, 2),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "software": software_versions(),
+        "software": software_versions(GROUP_PACKAGES),
     }
     write_json(folder / MARKER, marker)  # last: marks the unit complete
     summary = ", ".join(f"{m['model']} accuracy {m['accuracy']:.3f}" for m in metrics)

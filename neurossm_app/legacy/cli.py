@@ -9,25 +9,13 @@ import argparse
 import logging
 import sys
 from collections import Counter
-from pathlib import Path
 
 from neurossm_app import __version__
+from neurossm_app.argtypes import BidsAppParser, abs_path
 from neurossm_app.errors import run_reporting_errors
 
 LOGGER = logging.getLogger("neurossm_app")
 PROG = "neurossm-app-import"
-
-
-class _Parser(argparse.ArgumentParser):
-    """Exits 64 (usage) on a bad command line, as the BIDS-Apps draft asks."""
-
-    def error(self, message):
-        self.print_usage(sys.stderr)
-        self.exit(64, f"{self.prog}: error: {message}\n")
-
-
-def _path(value: str) -> Path:
-    return Path(value).expanduser().resolve()
 
 
 def _seconds(value: str) -> float:
@@ -42,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     from neurossm_app.atlases import ATLASES
     from neurossm_app.legacy.convert import DEFAULT_ATLAS, DEFAULT_TR, LAYOUTS, PRESETS
 
-    parser = _Parser(
+    parser = BidsAppParser(
         prog=PROG,
         description="Convert the ROI arrays of the original NeuroSSM code (dataset_hcpRest_schaefer.npy, "
         "dataset_hcpTask_schaefer.npy, dataset_ppmi_atlas-AAL-3V2.pickle, HCP pheno.csv) into "
@@ -59,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="which study the file belongs to: labels, atlas and TR follow (hcp-rest: sex from "
         "pheno.csv; hcp-task: the task of each record; ppmi: PD/Control from the records)",
     )
-    parser.add_argument("input", type=_path, help="the original data file (.npy, .pickle, .npz)")
+    parser.add_argument("input", type=abs_path, help="the original data file (.npy, .pickle, .npz)")
     parser.add_argument(
-        "output_dir", type=_path, help="where the participant-level outputs go (created if missing)"
+        "output_dir", type=abs_path, help="where the participant-level outputs go (created if missing)"
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument(
@@ -71,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     labels = parser.add_argument_group("Labels and subjects")
     labels.add_argument(
         "--pheno",
-        type=_path,
+        type=abs_path,
         metavar="CSV",
         help="HCP_1200/Preprocessed/pheno.csv (columns Subject, Release, Gender; CSV or TSV); "
         "required for hcp-rest unless the records carry gender, and for --release-filter",
@@ -86,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     labels.add_argument(
         "--sample-table",
-        type=_path,
+        type=abs_path,
         metavar="CSV",
         help="for arrays without identifiers (a numeric subjects x ROIs x volumes .npy): one row per "
         "sample, in array order, with a subject column and optionally task, group, sex, run",

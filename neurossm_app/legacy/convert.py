@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from neurossm_app import __version__
 from neurossm_app.atlases import ATLASES, roi_names
 from neurossm_app.bids import TEMPLATE_SPACE, build_path, dataset_description
 from neurossm_app.errors import DataError, NoFilesSelectedError, OutputError, UsageError
@@ -36,6 +34,7 @@ from neurossm_app.legacy.labels import (
 )
 from neurossm_app.legacy.load import read_input
 from neurossm_app.legacy.records import Sample, collect_samples
+from neurossm_app.provenance import IMPORT_PACKAGES, software_versions
 
 LOGGER = logging.getLogger("neurossm_app")
 
@@ -403,16 +402,6 @@ def _assign_runs(scans: list[Scan], source: Path) -> None:
                 scan.run = index
 
 
-def software_versions() -> dict[str, str]:
-    """Versions that determine the written numbers."""
-    return {
-        "neurossm-app": __version__,
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def scan_sidecar(plan: ImportPlan, scan: Scan) -> dict[str, Any]:
     """The ``_timeseries.json`` of an imported scan: the participant-level fields we know, and where
     the numbers came from."""
@@ -442,7 +431,7 @@ def scan_sidecar(plan: ImportPlan, scan: Scan) -> dict[str, Any]:
             "StoredLayout": "ROIs x volumes" if scan.layout == "roi-time" else "volumes x ROIs (transposed)",
             "Preset": settings.preset,
         },
-        "SoftwareVersions": software_versions(),
+        "SoftwareVersions": software_versions(IMPORT_PACKAGES),
     }
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +13,13 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from neurossm_app import __version__
-from neurossm_app.bids import build_path
+from neurossm_app.bids import TEMPLATE_SPACE, build_path
 from neurossm_app.config import CleaningSettings
 from neurossm_app.errors import DataError
 from neurossm_app.files import copy_atomic, read_tsv, write_json, write_tsv
 from neurossm_app.participant.clean import clean_signals, filter_degrees_of_freedom, select_confounds
 from neurossm_app.participant.parcellate import parcel_means
+from neurossm_app.provenance import PARTICIPANT_PACKAGES, software_versions
 
 LOGGER = logging.getLogger("neurossm_app")
 
@@ -122,24 +121,6 @@ def clean_run(
     return tsv, meta_file
 
 
-def software_versions() -> dict[str, str]:
-    """Versions of the packages that determine the numbers."""
-    import nilearn
-    import nipype
-    import scipy
-
-    return {
-        "neurossm-app": __version__,
-        "nilearn": nilearn.__version__,
-        "nipype": nipype.__version__,
-        "nibabel": nib.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "pandas": pd.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def run_sidecar(
     repetition_time: float,
     atlas_label: str,
@@ -173,7 +154,7 @@ def run_sidecar(
         "MinCoverage": settings.min_coverage,
         "ExcludedROIs": clean_metadata["ExcludedROIs"],
         "Sources": sources,
-        "SoftwareVersions": software_versions(),
+        "SoftwareVersions": software_versions(PARTICIPANT_PACKAGES),
     }
 
 
@@ -189,7 +170,7 @@ def write_run_outputs(
 
     The sidecar is written last so its presence marks the run as complete.
     """
-    base = {**entities, "space": "MNI152NLin2009cAsym", "atlas": atlas_label}
+    base = {**entities, "space": TEMPLATE_SPACE, "atlas": atlas_label}
     series = build_path(output_dir, {**base, "stat": "mean"}, "timeseries", ".tsv")
     coverage = build_path(output_dir, {**base, "stat": "coverage"}, "bold", ".tsv")
     sidecar_path = series.with_suffix(".json")

@@ -6,17 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from neurossm_app.argtypes import BidsAppParser
 from neurossm_app.synthetic.dataset import SyntheticDatasetError, make_dataset
-
-EXIT_USAGE = 64
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with BIDS-App usage errors: one line on stderr, exit code 64."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
-        raise SystemExit(EXIT_USAGE)
 
 
 def _label_list(text: str) -> list[str]:
@@ -25,7 +16,7 @@ def _label_list(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``neurossm-synth`` argument parser."""
-    parser = _Parser(
+    parser = BidsAppParser(
         prog="neurossm-synth",
         description="Write a synthetic BIDS dataset with fMRIPrep-style derivatives, offline atlases "
         "(TemplateFlow Schaefer-2018, nilearn AAL3v2) and planted class effects.",

@@ -1,0 +1,31 @@
+"""Versions of the software that determine written numbers, for sidecars and run records."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+
+from neurossm_app import __version__
+
+PARTICIPANT_PACKAGES = ("nilearn", "nipype", "nibabel", "numpy", "scipy", "pandas")
+GROUP_PACKAGES = ("torch", "numpy", "pandas", "scikit-learn", "safetensors")
+IMPORT_PACKAGES = ("numpy", "pandas")
+
+
+def software_versions(packages: tuple[str, ...]) -> dict[str, str]:
+    """``{"neurossm-app": ..., <package>: <version> ..., "python": ...}`` for installed distributions.
+
+    Parameters
+    ----------
+    packages
+        Distribution names (as pip knows them); one of the ``*_PACKAGES`` tuples of this module.
+        A package that is not installed is recorded as ``"not installed"``.
+    """
+    versions = {"neurossm-app": __version__}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    versions["python"] = platform.python_version()
+    return versions
