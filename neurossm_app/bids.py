@@ -350,3 +350,46 @@ def find_fmriprep_dir(bids_dir: Path, derivatives: dict[str, Path]) -> Path:
         if info.get("DatasetType") == "derivative" and any("fmriprep" in g.lower() for g in generated):
             return bids_dir
     return bids_dir / "derivatives" / "fmriprep"
+
+
+def output_layout(output_dir: Path):
+    """The pybids layout of the participant-level outputs in OUTPUT_DIR (:func:`pybids_config`).
+
+    ``group/``, ``logs/``, ``code/`` and ``sourcedata/`` are left out of the index: they hold no
+    participant-level outputs (``group/`` holds the group level's own files).
+    """
+    import re
+
+    from bids import BIDSLayout
+    from bids.layout import BIDSLayoutIndexer
+
+    indexer = BIDSLayoutIndexer(
+        validate=False, index_metadata=False, ignore=[re.compile(r"/(group|logs|code|sourcedata)/")]
+    )
+    return BIDSLayout(output_dir, validate=False, config=pybids_config(), indexer=indexer, is_derivative=True)
+
+
+def sanitize_label(label: str) -> str:
+    """``label-`` entity value of a class: its letters and digits only (``Control`` stays)."""
+    clean = "".join(ch for ch in str(label) if ch.isascii() and ch.isalnum())
+    return clean or "unnamed"
+
+
+def group_file_name(entities: dict[str, Any], suffix: str, extension: str) -> str:
+    """A group-level file name (no subject): ``[space-S_]atlas-A[_label-L][_desc-D]_<suffix><ext>``.
+
+    ``entities`` are spelt as pybids spells them (``space``, ``atlas``, ``label``, ``desc``);
+    missing or ``None`` ones are left out, the ``label`` value is passed through
+    :func:`sanitize_label`.
+    """
+    values = dict(entities)
+    if values.get("label") is not None:
+        values["label"] = sanitize_label(values["label"])
+    parts = [f"{_ENTITY_KEYS[k]}-{values[k]}" for k in _OUTPUT_ORDER if values.get(k) not in (None, "")]
+    return "_".join(parts) + f"_{suffix}{extension}"
+
+
+def group_map_name(atlas_label: str, class_label: str | None, desc: str, suffix: str, extension: str) -> str:
+    """``space-MNI152NLin2009cAsym_atlas-<A>[_label-<class>]_desc-<desc>_<suffix><ext>``."""
+    entities = {"space": TEMPLATE_SPACE, "atlas": atlas_label, "label": class_label, "desc": desc}
+    return group_file_name(entities, suffix, extension)

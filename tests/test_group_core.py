@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,6 +94,44 @@ def test_dataset_from_participant_outputs(tmp_path):
     assert summary["missing_values"]["censored_volumes"] == 3 * 3  # sub-03 (one session left), sub-08 x2
     with pytest.raises(DataError, match="--dynamic-length 40 or less"):
         check_lengths(dataset, 41)
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"acquisition": ["mb8"]},  # an entity beyond run, as a list
+        {"acquisition": None, "session": "2"},  # null: the entity is absent
+        {"run": "01", "session": ["1", "2"]},  # run 1 spelt with padding
+        {"acquisition": "mb8", "run": [2]},
+    ],
+)
+def test_filters_select_as_pybids_does(tmp_path, filters):
+    """``--bids-filter-file``'s ``bold`` entry selects at the group level what pybids selects."""
+    from bids import BIDSLayout
+
+    from neurossm_app.bids import build_path, pybids_config
+
+    _, out = write_participant_outputs(
+        tmp_path, n_subjects=3, n_rois=5, n_volumes=20, runs=2, sessions=("1", "2")
+    )
+    for source in sorted(out.glob("sub-0[13]/ses-2/func/*_stat-mean_timeseries.tsv")):
+        entities = {
+            "subject": source.name[4:6], "session": "2", "task": "rest", "acquisition": "mb8",
+            "run": source.name.split("_run-")[1][0], "space": "MNI152NLin2009cAsym",
+            "atlas": "Schaefer400n17", "stat": "mean",
+        }  # fmt: skip
+        target = build_path(out, entities, "timeseries", ".tsv")
+        target.write_bytes(source.read_bytes())
+        target.with_suffix(".json").write_bytes(source.with_suffix(".json").read_bytes())
+    reference = BIDSLayout(out, validate=False, config=pybids_config(), is_derivative=True)
+    expected = sorted(
+        Path(f.path) for f in reference.get(suffix="timeseries", extension=".tsv", stat="mean", **filters)
+    )
+    assert 0 < len(expected) < 16, "the filter should select some runs and leave others"
+    assert [s.path for s in find_timeseries(out, "Schaefer400n17", run_filters=filters)] == expected
+    # the command-line labels narrow the same query further
+    scans = find_timeseries(out, "Schaefer400n17", participant_labels=["01"], run_filters=filters)
+    assert [s.path for s in scans] == [p for p in expected if p.name.startswith("sub-01_")]
 
 
 def test_folds_keep_subjects_together_and_are_stratified():

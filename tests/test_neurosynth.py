@@ -13,6 +13,7 @@ import nimare
 import numpy as np
 import pytest
 
+from neurossm_app.bids import group_map_name, sanitize_label
 from neurossm_app.errors import DataError, InputMissingError
 from neurossm_app.fetch import NEUROSYNTH_FILES
 from neurossm_app.group import maps
@@ -164,7 +165,10 @@ def test_roi_volume_top_mask_and_scores():
     noise_x, noise_y = np.random.default_rng(12).standard_normal((2, 60))
     r0, p0 = maps.partial_correlation(shared + noise_x, shared + noise_y, shared[:, None], 300, 1)
     assert abs(r0) < 0.3 and p0 > 0.05
-    assert maps.sanitize_label("working-memory 2") == "workingmemory2"
-    assert maps.group_map_name("AAL3v2", "PD", "cpaScore", "statmap", ".nii.gz") == (
+    assert sanitize_label("working-memory 2") == "workingmemory2"
+    assert group_map_name("AAL3v2", "PD", "cpaScore", "statmap", ".nii.gz") == (
         "space-MNI152NLin2009cAsym_atlas-AAL3v2_label-PD_desc-cpaScore_statmap.nii.gz"
+    )
+    assert group_map_name("AAL3v2", None, "neurosynthReference", "scores", ".tsv") == (
+        "space-MNI152NLin2009cAsym_atlas-AAL3v2_desc-neurosynthReference_scores.tsv"
     )

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from neurossm_app.bids import group_map_name, sanitize_label
 from neurossm_app.errors import DataError, UsageError
 from neurossm_app.files import write_json, write_tsv
 from neurossm_app.group.cpa import compute_cpa, load_cpa, save_cpa
@@ -36,12 +37,10 @@ from neurossm_app.group.maps import (
     TOP_FRACTION,
     describe,
     dice,
-    group_map_name,
     parcellate,
     partial_correlation,
     roi_indices,
     roi_volume,
-    sanitize_label,
     save_dseg_table,
     save_nifti,
     top_mask,

@@ -13,7 +13,6 @@ censored volumes) becomes 0, the ROI's mean.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from neurossm_app.bids import RUN_ENTITIES, pybids_config, run_label
+from neurossm_app.bids import RUN_ENTITIES, output_layout, run_label, sanitize_label
 from neurossm_app.errors import DataError, InputMissingError, NoFilesSelectedError
 from neurossm_app.files import read_tsv
 
@@ -149,7 +148,9 @@ def find_timeseries(
     participant_labels, session_labels, task_ids
         Selection without prefixes; ``None`` selects everything.
     run_filters
-        Extra pybids filters on run entities (e.g. from ``--bids-filter-file``'s ``bold`` entry).
+        Extra pybids filters on run entities (e.g. from ``--bids-filter-file``'s ``bold`` entry),
+        passed to ``BIDSLayout.get`` as at the participant level: a list is any of its values,
+        ``null`` means the entity is absent, ``run`` 1 and ``01`` are the same run.
 
     Returns
     -------
@@ -163,83 +164,70 @@ def find_timeseries(
     NoFilesSelectedError
         The filters selected nothing.
     """
-    from bids import BIDSLayout
-    from bids.layout import BIDSLayoutIndexer
-
     hint = "run `neurossm-app BIDS_DIR OUTPUT_DIR participant` first"
     if not output_dir.is_dir():
         raise InputMissingError(f"OUTPUT_DIR {output_dir} does not exist; {hint}.")
     if not any(output_dir.glob("sub-*")):
         raise InputMissingError(f"no participant-level outputs (sub-*) in {output_dir}; {hint}.")
-    # group/ and logs/ hold our own outputs: keep them out of the index.
-    indexer = BIDSLayoutIndexer(
-        validate=False, index_metadata=False, ignore=[re.compile(r"/(group|logs|code|sourcedata)/")]
-    )
-    layout = BIDSLayout(
-        output_dir, validate=False, config=pybids_config(), indexer=indexer, is_derivative=True
-    )
-    base = {"suffix": "timeseries", "extension": ".tsv", "stat": "mean", "return_type": "object"}
-    every = layout.get(**base)
-    if not every:
+    layout = output_layout(output_dir)
+    query = {"suffix": "timeseries", "extension": ".tsv", "stat": "mean"}
+    atlases = [str(a) for a in layout.get(**query, target="atlas", return_type="id")]
+    if not atlases:
         raise InputMissingError(f"no *_stat-mean_timeseries.tsv files in {output_dir}; {hint}.")
-    of_atlas = [f for f in every if f.entities.get("atlas") == atlas_label]
-    if not of_atlas:
-        found = sorted({str(f.entities.get("atlas")) for f in every})
+    if atlas_label not in atlases:
         raise InputMissingError(
-            f"no time series for atlas {atlas_label} in {output_dir} (found atlas {', '.join(found)}); "
+            f"no time series for atlas {atlas_label} in {output_dir} "
+            f"(found atlas {', '.join(sorted(atlases))}); "
             "pass the matching --atlas or run the participant level with this atlas."
         )
-    filters: dict[str, Any] = dict(run_filters or {})
-    if participant_labels:
-        filters["subject"] = list(participant_labels)
-    if session_labels:
-        filters["session"] = list(session_labels)
-    if task_ids:
-        filters["task"] = list(task_ids)
-    selected = [f for f in of_atlas if _matches(f.entities, filters)]
+    filters = selection_filters(participant_labels, session_labels, task_ids, run_filters)
+    selected = layout.get(**query, atlas=atlas_label, **filters, return_type="object")
     if not selected:
         shown = ", ".join(f"{k}={v}" for k, v in filters.items())
         raise NoFilesSelectedError(
             f"no {atlas_label} time series in {output_dir} matched ({shown}); check the labels and filters."
         )
+    return complete_scans(selected, output_dir)
+
+
+def selection_filters(
+    participant_labels: list[str] | None,
+    session_labels: list[str] | None,
+    task_ids: list[str] | None,
+    run_filters: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The pybids filters of a selection: the run filters, then the labels (which win)."""
+    filters: dict[str, Any] = dict(run_filters or {})
+    for entity, labels in (("subject", participant_labels), ("session", session_labels), ("task", task_ids)):
+        if labels:
+            filters[entity] = list(labels)
+    return filters
+
+
+def complete_scans(found: list[Any], output_dir: Path) -> list[ScanFile]:
+    """The pybids files whose JSON sidecar exists (the participant level writes it last), by path.
+
+    Raises
+    ------
+    InputMissingError
+        None of them is complete.
+    """
     scans = []
-    for found in sorted(selected, key=lambda f: f.path):
-        path = Path(found.path)
+    for item in sorted(found, key=lambda f: f.path):
+        path = Path(item.path)
         if not path.with_suffix(".json").is_file():
             LOGGER.warning(
                 "skipping %s: its JSON sidecar is missing (participant level incomplete)", path.name
             )
             continue
-        entities = {
-            k: str(found.entities[k]) for k in RUN_ENTITIES if found.entities.get(k) not in (None, "")
-        }
+        entities = {k: str(item.entities[k]) for k in RUN_ENTITIES if item.entities.get(k) not in (None, "")}
         scans.append(ScanFile(path, entities))
     if not scans:
         raise InputMissingError(
-            f"none of the {len(selected)} selected time series in {output_dir} is complete "
+            f"none of the {len(found)} selected time series in {output_dir} is complete "
             "(JSON sidecars missing); re-run the participant level."
         )
     return scans
-
-
-def _matches(entities: dict[str, Any], filters: dict[str, Any]) -> bool:
-    for key, wanted in filters.items():
-        have = entities.get(key)
-        if wanted is None:  # fMRIPrep filter files spell "this entity is absent" as null
-            if have is not None:
-                return False
-            continue
-        values = wanted if isinstance(wanted, list | tuple) else [wanted]
-        if have is None or not any(str(have) == str(v) or _same_number(have, v) for v in values):
-            return False
-    return True
-
-
-def _same_number(a: Any, b: Any) -> bool:
-    try:
-        return int(str(a)) == int(str(b))
-    except ValueError:
-        return False
 
 
 def read_participant_labels(participants_tsv: Path, column: str) -> dict[str, str]:
@@ -346,8 +334,6 @@ def scan_labels(scans: list[ScanFile], target: str, participants_tsv: Path) -> l
 
 def _check_label_names(classes: tuple[str, ...], target: str, where: object) -> None:
     """Refuse classes that would share a ``label-<class>`` file name (CPA maps), before training."""
-    from neurossm_app.group.maps import sanitize_label
-
     by_name: dict[str, list[str]] = {}
     for name in classes:
         by_name.setdefault(sanitize_label(name), []).append(name)

@@ -13,26 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from neurossm_app.bids import TEMPLATE_SPACE
 from neurossm_app.errors import DataError
 from neurossm_app.files import atomic_path, write_json, write_text
 
 #: Fraction of the ROIs in a "top" mask.
 TOP_FRACTION = 0.25
-
-
-def sanitize_label(label: str) -> str:
-    """``label-`` entity value of a class: its letters and digits only (``Control`` stays)."""
-    clean = "".join(ch for ch in str(label) if ch.isascii() and ch.isalnum())
-    return clean or "unnamed"
-
-
-def group_map_name(atlas_label: str, class_label: str, desc: str, suffix: str, extension: str) -> str:
-    """``space-MNI152NLin2009cAsym_atlas-<A>_label-<class>_desc-<desc>_<suffix><ext>``."""
-    return (
-        f"space-{TEMPLATE_SPACE}_atlas-{atlas_label}_label-{sanitize_label(class_label)}"
-        f"_desc-{desc}_{suffix}{extension}"
-    )
 
 
 def roi_indices(atlas_names: tuple[str, ...], atlas_indices: tuple[int, ...], roi_names: tuple[str, ...]):
