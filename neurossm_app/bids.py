@@ -232,6 +232,27 @@ def collect_bold_runs(
     Prefers ``res-2`` when a run exists at several resolutions. Raises a user-facing error when
     something is missing rather than silently skipping a run.
     """
+    layout = _fmriprep_layout(fmriprep_dir, database_dir)
+    query = _bold_query(layout, fmriprep_dir, participant_labels, session_labels, task_ids, bids_filters)
+    selected = layout.get(**query)
+    if not selected:
+        raise _no_files(
+            "preprocessed BOLD runs", {k: v for k, v in query.items() if k != "return_type"}, fmriprep_dir
+        )
+    bolds = _one_resolution_per_run(_in_template_space(selected, fmriprep_dir))
+    masks = layout.get(
+        space=TEMPLATE_SPACE, desc="brain", suffix="mask", datatype="func", extension=[".nii.gz", ".nii"]
+    )
+    confounds = layout.get(desc="confounds", suffix="timeseries", extension=".tsv", datatype="func")
+    return [_bold_run(bolds[key], masks, confounds) for key in sorted(bolds)]
+
+
+def _fmriprep_layout(fmriprep_dir: Path, database_dir: Path | None):
+    """The pybids layout of the fMRIPrep derivatives, without validation.
+
+    Only ``_bold`` sidecars have their metadata indexed: the TR is the one field read, and
+    fMRIPrep's confounds sidecars are large.
+    """
     from bids import BIDSLayout
     from bids.layout import BIDSLayoutIndexer
 
@@ -240,13 +261,24 @@ def collect_bold_runs(
             f"no fMRIPrep derivatives at {fmriprep_dir} (dataset_description.json missing); "
             "pass -d fmriprep=PATH."
         )
-    layout = BIDSLayout(
+    return BIDSLayout(
         fmriprep_dir,
         validate=False,
         config=["bids", "derivatives"],
-        indexer=BIDSLayoutIndexer(validate=False, index_metadata=True),
+        indexer=BIDSLayoutIndexer(validate=False, index_metadata=True, suffix="bold"),
         database_path=database_dir,
     )
+
+
+def _bold_query(
+    layout,
+    fmriprep_dir: Path,
+    participant_labels: list[str] | None,
+    session_labels: list[str] | None,
+    task_ids: list[str] | None,
+    bids_filters: dict[str, dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """The pybids query for preprocessed BOLD runs; unknown participant labels are an error."""
     query: dict[str, Any] = {
         "datatype": "func",
         "suffix": "bold",
@@ -268,12 +300,11 @@ def collect_bold_runs(
     if task_ids:
         query["task"] = task_ids
     query.update((bids_filters or {}).get("bold", {}))
-    selected = layout.get(**query)
-    if not selected:
-        raise _no_files(
-            "preprocessed BOLD runs", {k: v for k, v in query.items() if k != "return_type"}, fmriprep_dir
-        )
+    return query
 
+
+def _in_template_space(selected: list, fmriprep_dir: Path) -> list:
+    """The selected BOLD files in the template space; none there is an error naming the spaces found."""
     in_space = [f for f in selected if f.entities.get("space") == TEMPLATE_SPACE]
     if not in_space:
         spaces = sorted({str(f.entities.get("space")) for f in selected})
@@ -281,59 +312,72 @@ def collect_bold_runs(
             f"no BOLD runs in space {TEMPLATE_SPACE} in {fmriprep_dir} (found spaces: {', '.join(spaces)}); "
             f"re-run fMRIPrep with --output-spaces {TEMPLATE_SPACE}:res-2."
         )
+    return in_space
 
+
+def _one_resolution_per_run(bolds: list) -> dict[tuple, Any]:
+    """One BOLD file per run (keyed by its run entities): ``res-2`` if present, else the first."""
     by_run: dict[tuple, Any] = {}
-    for bold in in_space:
+    for bold in bolds:
         key = tuple(sorted(run_entities(bold.entities).items()))
         res = str(bold.entities.get("res", ""))
         current = by_run.get(key)
         if current is None or (res == "2" and str(current.entities.get("res", "")) != "2"):
             by_run[key] = bold
+    return by_run
 
-    runs = []
-    for key in sorted(by_run):
-        bold = by_run[key]
-        ents = run_entities(bold.entities)
-        mask_query = {
-            **ents,
-            "space": TEMPLATE_SPACE,
-            "desc": "brain",
-            "suffix": "mask",
-            "datatype": "func",
-            "extension": [".nii.gz", ".nii"],
-        }
-        res = bold.entities.get("res")
-        mask_query["res"] = res if res is not None else None
-        masks = layout.get(**mask_query, invalid_filters="allow")
-        if not masks:
-            raise InputMissingError(
-                f"brain mask missing for {bold.path}; expected a _desc-brain_mask.nii.gz beside it."
-            )
-        confounds = layout.get(
-            **ents, desc="confounds", suffix="timeseries", extension=".tsv", datatype="func"
+
+def _bold_run(bold, masks: list, confounds: list) -> BoldRun:
+    """A BOLD file with its brain mask, confounds and TR; any of them missing is an error.
+
+    ``masks`` and ``confounds`` are every brain mask and confounds file of the layout (one
+    query each for all runs, not two per run), in pybids' order.
+    """
+    ents = run_entities(bold.entities)
+    return BoldRun(
+        bold=Path(bold.path),
+        mask=_brain_mask(bold, ents, masks),
+        confounds=_confounds_file(bold, ents, confounds),
+        repetition_time=_repetition_time(bold),
+        entities=ents,
+    )
+
+
+def _with_entities(files: list, wanted: dict[str, Any]) -> list:
+    """The files whose entities equal ``wanted`` (``None``: the entity is absent), as a pybids
+    query with those filters would select them."""
+    return [f for f in files if all(f.entities.get(k) == v for k, v in wanted.items())]
+
+
+def _brain_mask(bold, ents: dict[str, Any], masks: list) -> Path:
+    """The ``desc-brain_mask`` of a BOLD run, in the same space and resolution."""
+    found = _with_entities(masks, {**ents, "res": bold.entities.get("res")})
+    if not found:
+        raise InputMissingError(
+            f"brain mask missing for {bold.path}; expected a _desc-brain_mask.nii.gz beside it."
         )
-        confounds = [c for c in confounds if c.entities.get("space") is None]
-        if not confounds:
-            raise InputMissingError(
-                f"confounds file missing for {bold.path}; expected "
-                f"{Path(bold.path).name.split('_space-')[0]}_desc-confounds_timeseries.tsv beside it."
-            )
-        metadata = bold.get_metadata()
-        tr = metadata.get("RepetitionTime")
-        if tr is None:
-            raise DataError(
-                f"RepetitionTime missing from the JSON sidecar of {bold.path}; add it to the sidecar."
-            )
-        runs.append(
-            BoldRun(
-                bold=Path(bold.path),
-                mask=Path(masks[0].path),
-                confounds=Path(confounds[0].path),
-                repetition_time=float(tr),
-                entities=ents,
-            )
+    return Path(found[0].path)
+
+
+def _confounds_file(bold, ents: dict[str, Any], candidates: list) -> Path:
+    """The run's ``desc-confounds_timeseries.tsv`` (the one without a space entity)."""
+    confounds = _with_entities(candidates, {**ents, "space": None})
+    if not confounds:
+        raise InputMissingError(
+            f"confounds file missing for {bold.path}; expected "
+            f"{Path(bold.path).name.split('_space-')[0]}_desc-confounds_timeseries.tsv beside it."
         )
-    return runs
+    return Path(confounds[0].path)
+
+
+def _repetition_time(bold) -> float:
+    """``RepetitionTime`` from the BOLD file's JSON sidecar."""
+    tr = bold.get_metadata().get("RepetitionTime")
+    if tr is None:
+        raise DataError(
+            f"RepetitionTime missing from the JSON sidecar of {bold.path}; add it to the sidecar."
+        )
+    return float(tr)
 
 
 def find_fmriprep_dir(bids_dir: Path, derivatives: dict[str, Path]) -> Path:

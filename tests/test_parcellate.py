@@ -98,3 +98,43 @@ def test_filter_degrees_of_freedom():
     assert filter_degrees_of_freedom(1200, 0.72, CleaningSettings()) == 155
     # no low-pass: everything above the high-pass edge up to Nyquist
     assert filter_degrees_of_freedom(200, 0.72, CleaningSettings(low_pass=None)) == 197
+
+
+def test_mask_on_another_affine_names_the_difference(images, tmp_path):
+    """Same shape, shifted affine: the message gives the shapes and the affines' largest difference."""
+    from neurossm_app.bids import BoldRun
+    from neurossm_app.participant.preflight import check_run
+
+    paths, _, mask = images
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    affine[0, 3] = 1.5
+    shifted = tmp_path / "shifted_mask.nii.gz"
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), shifted)
+    confounds = tmp_path / "confounds.tsv"
+    confounds.write_text("a\n" + "0\n" * N_VOLS)
+    run = BoldRun(paths["bold"], shifted, confounds, 2.0, {"subject": "01", "task": "rest"})
+    with pytest.raises(
+        DataError,
+        match=r"\(grid \(7, 9, 11\)\).*\(grid \(7, 9, 11\)\); their affines differ by up to 1\.5 mm",
+    ):
+        check_run(run)
+
+
+def test_input_fingerprint_reads_the_gzip_trailer(tmp_path):
+    import gzip
+    import os
+
+    from neurossm_app.participant.extract import input_fingerprint
+
+    path = tmp_path / "bold.nii.gz"
+    path.write_bytes(gzip.compress(b"abc" * 1000))
+    first = input_fingerprint(path)
+    os.utime(path, ns=(5, 5))
+    assert input_fingerprint(path) == first
+    path.write_bytes(gzip.compress(b"abd" * 1000))
+    assert input_fingerprint(path) != first
+    plain = tmp_path / "bold.nii"
+    plain.write_bytes(b"abc")
+    before = input_fingerprint(plain)
+    os.utime(plain, ns=(5, 5))
+    assert input_fingerprint(plain) != before  # uncompressed: size and modification time

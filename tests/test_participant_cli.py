@@ -45,8 +45,9 @@ def test_every_run_has_a_timeseries(schaefer_outputs, rest_dataset):
 def test_rerun_uses_the_cache(schaefer_outputs, rest_dataset):
     out, work = schaefer_outputs
     before = {p: p.read_bytes() for p in _series_files(out)}
-    parcellate_results = sorted(work.rglob("parcellate/result_parcellate.pklz"))
-    stamps = [p.stat().st_mtime_ns for p in parcellate_results]
+    extract_results = sorted(work.rglob("extract/result_extract.pklz"))
+    assert len(extract_results) == 4  # one extraction node per run, all cached
+    stamps = [p.stat().st_mtime_ns for p in extract_results]
     assert (
         main(
             [
@@ -62,7 +63,7 @@ def test_rerun_uses_the_cache(schaefer_outputs, rest_dataset):
         )
         == 0
     )
-    assert [p.stat().st_mtime_ns for p in parcellate_results] == stamps
+    assert [p.stat().st_mtime_ns for p in extract_results] == stamps
     assert {p: p.read_bytes() for p in _series_files(out)} == before
 
 
@@ -167,3 +168,123 @@ def test_no_fmriprep_derivatives(tmp_path, capsys):
     (tmp_path / "raw" / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.10.0"}')
     assert main([str(tmp_path / "raw"), str(tmp_path / "out"), "participant", "--skip-bids-validation"]) == 66
     assert "no fMRIPrep derivatives" in capsys.readouterr().err
+
+
+def _tiny_runs(folder, n_runs):
+    from neurossm_app.atlases import ATLASES, Atlas
+    from neurossm_app.bids import BoldRun
+
+    files = {}
+    for name in ("bold.nii.gz", "mask.nii.gz", "conf.tsv", "atlas.nii.gz"):
+        files[name] = folder / name
+        files[name].write_bytes(b"")
+    entities = [{"subject": "01", "task": "rest", "run": i + 1} for i in range(n_runs)]
+    runs = [BoldRun(files["bold.nii.gz"], files["mask.nii.gz"], files["conf.tsv"], 2.0, e) for e in entities]
+    return runs, Atlas(ATLASES["schaefer400"], files["atlas.nii.gz"], (1, 2), ("a", "b")), files
+
+
+@pytest.mark.parametrize("n_runs", [1, 3])
+def test_three_nodes_per_run(tmp_path, n_runs):
+    """Extraction is one node per run (resample, parcellate, clean), then the two sinks."""
+    from neurossm_app.config import CleaningSettings
+    from neurossm_app.participant.workflow import init_participant_wf
+
+    runs, atlas, _ = _tiny_runs(tmp_path, n_runs)
+    wf = init_participant_wf(runs, atlas, CleaningSettings(), tmp_path / "out", tmp_path / "w", 2)
+    names = wf.list_node_names()
+    assert sorted(n.split(".")[-1] for n in names) == sorted(
+        ["extract", "ds_timeseries", "ds_report"] * n_runs
+    )
+    extract = wf.get_node(f"{names[0].split('.')[0]}.extract")
+    assert extract.n_procs == 2 and extract.inputs.n_threads == 2
+
+
+def test_cache_key_follows_content_not_timestamps(tmp_path):
+    """The extraction's cache key changes with the confounds' or the BOLD's content, not with a touch."""
+    import gzip
+    import os
+
+    from neurossm_app.config import CleaningSettings
+    from neurossm_app.participant.workflow import init_run_wf
+
+    runs, atlas, files = _tiny_runs(tmp_path, 1)
+    files["bold.nii.gz"].write_bytes(gzip.compress(b"volume data" * 100))
+    files["conf.tsv"].write_text("a\tb\n1\t2\n")
+
+    def key():
+        node = init_run_wf(runs[0], atlas, CleaningSettings(), tmp_path / "out").get_node("extract")
+        return node.inputs.get_hashval(hash_method="content")[1]  # as the CLI configures nipype
+
+    first = key()
+    os.utime(files["bold.nii.gz"], ns=(1, 1))
+    assert key() == first  # same bytes, new timestamp: cached
+    files["bold.nii.gz"].write_bytes(gzip.compress(b"other data!" * 100))  # same length
+    assert key() != first
+    second = key()
+    files["conf.tsv"].write_text("a\tb\n1\t3\n")
+    assert key() != second
+
+
+@pytest.mark.parametrize("nipype_first", [False, True], ids=["nipype-after", "nipype-before"])
+def test_verbose_prints_each_nipype_line_once(nipype_first):
+    """-v shows nipype's lines through our log handler only, however often it is set up."""
+    import os
+    import subprocess
+    import sys
+
+    code = "\n".join(
+        [
+            "import logging",
+            "import nipype" if nipype_first else "",
+            "from neurossm_app.cli import _setup_logging",
+            "_setup_logging(1)",
+            "from nipype import config, logging as nipype_logging",
+            "config.update_config({'logging': {'workflow_level': 'INFO'}})",
+            "nipype_logging.update_logging(config)",
+            "logging.getLogger('nipype.workflow').info('first nipype line')",
+            "_setup_logging(1)",  # a second call in one process (tests, notebooks)
+            "logging.getLogger('nipype.workflow').info('second nipype line')",
+        ]
+    )
+    env = {**os.environ, "NIPYPE_NO_ET": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    printed = result.stdout + result.stderr
+    assert printed.count("first nipype line") == 1, printed
+    assert printed.count("second nipype line") == 1, printed
+
+
+def test_collect_bold_runs_pairs_each_run_with_its_files(tmp_path):
+    """res-2 is preferred, each run gets the mask of its resolution, its confounds and its TR."""
+    from neurossm_app.bids import collect_bold_runs
+
+    root = tmp_path / "fmriprep"
+    func = root / "sub-01" / "ses-1" / "func"
+    func.mkdir(parents=True)
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "f", "BIDSVersion": "1.10.0", "DatasetType": "derivative"})
+    )
+    space = "space-MNI152NLin2009cAsym"
+    for run, res, tr in (("1", "_res-1", 1.0), ("1", "_res-2", 2.0), ("2", "", 3.0)):
+        stem = f"sub-01_ses-1_task-rest_run-{run}_{space}{res}"
+        (func / f"{stem}_desc-preproc_bold.nii.gz").write_bytes(b"")
+        (func / f"{stem}_desc-preproc_bold.json").write_text(json.dumps({"RepetitionTime": tr}))
+        (func / f"{stem}_desc-brain_mask.nii.gz").write_bytes(b"")
+    for run in ("1", "2"):
+        (func / f"sub-01_ses-1_task-rest_run-{run}_desc-confounds_timeseries.tsv").write_text("a\n")
+
+    runs = collect_bold_runs(root)
+    assert [(r.bold.name, r.mask.name, r.confounds.name, r.repetition_time) for r in runs] == [
+        (
+            f"sub-01_ses-1_task-rest_run-1_{space}_res-2_desc-preproc_bold.nii.gz",
+            f"sub-01_ses-1_task-rest_run-1_{space}_res-2_desc-brain_mask.nii.gz",
+            "sub-01_ses-1_task-rest_run-1_desc-confounds_timeseries.tsv",
+            2.0,
+        ),
+        (
+            f"sub-01_ses-1_task-rest_run-2_{space}_desc-preproc_bold.nii.gz",
+            f"sub-01_ses-1_task-rest_run-2_{space}_desc-brain_mask.nii.gz",
+            "sub-01_ses-1_task-rest_run-2_desc-confounds_timeseries.tsv",
+            3.0,
+        ),
+    ]
+    assert runs[0].entities == {"subject": "01", "session": "1", "task": "rest", "run": 1}

@@ -55,7 +55,20 @@ def limit_threads(n_threads: int) -> None:
 
 
 def _setup_logging(verbosity: int) -> None:
+    """One handler for everything, on the root logger; nipype's lines go through it too.
+
+    nipype adds its own stdout handler to the ``nipype`` logger at import unless that logger
+    already has one, and its records also reach the root handler, so each nipype line would be
+    printed twice. A ``NullHandler`` there (before nipype is imported) keeps nipype from adding
+    its handler; one it added in an earlier import (a second call in one process) is removed.
+    """
     level = logging.DEBUG if verbosity > 1 else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s [%(levelname)s] %(message)s", datefmt="%H:%M:%S")
+    nipype_logger = logging.getLogger("nipype")
+    for handler in list(nipype_logger.handlers):
+        if type(handler) is logging.StreamHandler:
+            nipype_logger.removeHandler(handler)
+    if not nipype_logger.handlers:
+        nipype_logger.addHandler(logging.NullHandler())
     for noisy in ("nipype.workflow", "nipype.interface", "nipype.utils", "bidsschematools"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbosity else logging.WARNING)

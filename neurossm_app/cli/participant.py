@@ -14,6 +14,10 @@ from neurossm_app.errors import DataError, NeurossmError, ValidationError
 
 LOGGER = logging.getLogger("neurossm_app")
 
+#: Seconds between MultiProc's polls of its workers (see docs/performance.md, "Participant level:
+#: whole calls"): short next to a node, long enough that the scheduler's loop costs ~1% of a core.
+POLL_SECONDS = 0.05
+
 
 def run_participant(opts: argparse.Namespace) -> None:
     """Select runs, build the nipype workflow, run it, and write provenance files."""
@@ -114,6 +118,9 @@ def _run_workflow(
                 "stop_on_first_crash": True,
                 "remove_unnecessary_outputs": False,
                 "hash_method": "content",
+                # MultiProc sleeps this long between polls of its workers (2 s by default, made
+                # for minute-long nodes); a run here is three nodes of about a second or less.
+                "poll_sleep_duration": POLL_SECONDS,
             },
             "monitoring": {"enabled": False},
             # nipype's per-node lines only with -v; _ProgressLog reports finished runs
@@ -124,7 +131,7 @@ def _run_workflow(
         }
     )
     nipype_logging.update_logging(nipype_config)
-    workflow = init_participant_wf(runs, atlas, settings, output_dir, work_dir)
+    workflow = init_participant_wf(runs, atlas, settings, output_dir, work_dir, opts.omp_nthreads)
     plugin_args = {
         "n_procs": opts.nprocs,
         "raise_insufficient": False,

@@ -1,13 +1,13 @@
-"""Plain functions behind the participant workflow's nodes: atlas resampling, parcellation,
-cleaning and output writing. Each is called by a small nipype interface and tested directly."""
+"""Plain functions behind the participant workflow's nodes: one run's extraction (atlas
+resampling, parcellation, cleaning) and output writing. Each is called by a small nipype
+interface and tested directly."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -16,9 +16,10 @@ import pandas as pd
 from neurossm_app.bids import TEMPLATE_SPACE, build_path
 from neurossm_app.config import CleaningSettings
 from neurossm_app.errors import DataError
-from neurossm_app.files import copy_atomic, read_tsv, write_json, write_tsv
+from neurossm_app.files import copy_atomic, write_json, write_tsv
 from neurossm_app.participant.clean import clean_signals, filter_degrees_of_freedom, select_confounds
 from neurossm_app.participant.parcellate import parcel_means
+from neurossm_app.participant.preflight import check_mask_grid
 from neurossm_app.provenance import PARTICIPANT_PACKAGES, software_versions
 
 LOGGER = logging.getLogger("neurossm_app")
@@ -48,45 +49,80 @@ def resample_atlas(
 def load_mask(mask_file: str | os.PathLike, bold_file: str | os.PathLike) -> np.ndarray:
     """Boolean brain mask, checked to share the BOLD image's grid."""
     mask = nib.load(os.fspath(mask_file))
-    bold = nib.load(os.fspath(bold_file))
-    if mask.shape[:3] != bold.shape[:3] or not np.allclose(mask.affine, bold.affine, atol=1e-3):
-        raise DataError(
-            f"brain mask {mask_file} (grid {mask.shape[:3]}) does not match BOLD {bold_file} "
-            f"(grid {bold.shape[:3]}); use the mask fMRIPrep wrote for this run and space."
-        )
+    check_mask_grid(mask, nib.load(os.fspath(bold_file)), mask_file, bold_file)
     return np.asarray(mask.dataobj) > 0
 
 
-def parcellate_run(
+class RunFiles(NamedTuple):
+    """What :func:`extract_run` writes into its folder (the nipype node's working directory)."""
+
+    atlas_file: Path  # the atlas on the BOLD grid (int32 NIfTI)
+    raw_file: Path  # (T, R) parcel means before cleaning, TSV
+    coverage_file: Path  # (R,) fraction of each ROI inside the brain mask, TSV
+    clean_file: Path  # (T, R) denoised parcel signals, TSV
+    metadata_file: Path  # regressors, censored volumes, excluded ROIs, JSON
+
+
+def extract_run(
     bold_file: str | os.PathLike,
     mask_file: str | os.PathLike,
-    atlas_on_bold: str | os.PathLike,
+    atlas_file: str | os.PathLike,
     indices: list[int],
     names: list[str],
-    out_dir: str | os.PathLike,
-) -> tuple[Path, Path]:
-    """Raw parcel means and coverage of one run, written as TSVs in ``out_dir``."""
-    mask = load_mask(mask_file, bold_file)
-    labels = np.asarray(nib.load(os.fspath(atlas_on_bold)).dataobj)
-    signals, coverage = parcel_means(bold_file, labels, mask, np.asarray(indices))
-    out_dir = Path(out_dir)
-    raw = write_tsv(out_dir / "raw_timeseries.tsv", pd.DataFrame(signals, columns=names))
-    cov = write_tsv(out_dir / "coverage.tsv", pd.DataFrame({"roi": names, "coverage": coverage}))
-    return raw, cov
-
-
-def clean_run(
-    raw_file: str | os.PathLike,
-    coverage_file: str | os.PathLike,
-    bold_file: str | os.PathLike,
     repetition_time: float,
     settings: CleaningSettings,
     out_dir: str | os.PathLike,
-) -> tuple[Path, Path]:
-    """Apply coverage threshold and confound cleaning; write the cleaned TSV and its metadata."""
-    raw = read_tsv(raw_file)
-    coverage = read_tsv(coverage_file)["coverage"].to_numpy()
-    signals = raw.to_numpy(dtype=np.float64)
+    n_threads: int = 1,
+) -> RunFiles:
+    """One run's extraction, in one process: resample the atlas, take parcel means, clean them.
+
+    The three steps take well under a second each on a small run, so they share one nipype node
+    (one cache entry, one hand-over between processes) rather than three.
+    ``n_threads`` threads inflate a gzipped BOLD image (:func:`.parcellate.open_stream`).
+    """
+    out_dir = Path(out_dir)
+    atlas_on_bold = resample_atlas(atlas_file, bold_file, out_dir / "atlas_on_bold.nii.gz")
+    mask = load_mask(mask_file, bold_file)
+    labels = np.asarray(nib.load(os.fspath(atlas_on_bold)).dataobj)
+    signals, coverage = parcel_means(bold_file, labels, mask, np.asarray(indices), n_threads=n_threads)
+    raw = write_tsv(out_dir / "raw_timeseries.tsv", pd.DataFrame(signals, columns=names))
+    cov = write_tsv(out_dir / "coverage.tsv", pd.DataFrame({"roi": names, "coverage": coverage}))
+    cleaned, metadata = clean_run(signals, coverage, names, bold_file, repetition_time, settings)
+    clean = write_tsv(out_dir / "clean_timeseries.tsv", pd.DataFrame(cleaned, columns=names))
+    meta = write_json(out_dir / "clean_metadata.json", metadata)
+    return RunFiles(atlas_on_bold, raw, cov, clean, meta)
+
+
+def clean_run(
+    signals: np.ndarray,
+    coverage: np.ndarray,
+    names: list[str],
+    bold_file: str | os.PathLike,
+    repetition_time: float,
+    settings: CleaningSettings,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Apply the coverage threshold and confound cleaning to one run's parcel means.
+
+    Parameters
+    ----------
+    signals
+        (T, R) raw parcel means.
+    coverage
+        (R,) fraction of each ROI inside the brain mask; ROIs under ``settings.min_coverage``
+        become NaN columns.
+    names
+        (R,) ROI names, for the metadata's excluded ROIs.
+    bold_file
+        The fMRIPrep BOLD file; nilearn's ``load_confounds`` finds its confounds beside it.
+
+    Returns
+    -------
+    cleaned : (T, R) float64
+        Denoised signals; censored volumes are NaN rows.
+    metadata : dict
+        Regressors, censored volumes, excluded ROIs and degrees of freedom.
+    """
+    signals = np.array(signals, dtype=np.float64)
     signals[:, coverage < settings.min_coverage] = np.nan
     confounds, sample_mask = select_confounds(bold_file, settings)
     cleaned = clean_signals(signals, confounds, sample_mask, repetition_time, settings)
@@ -94,8 +130,6 @@ def clean_run(
     censored = (
         [] if sample_mask is None else sorted(set(range(n_vols)) - set(np.asarray(sample_mask).tolist()))
     )
-    out_dir = Path(out_dir)
-    tsv = write_tsv(out_dir / "clean_timeseries.tsv", pd.DataFrame(cleaned, columns=raw.columns))
     n_regressors = 0 if confounds is None else confounds.shape[1]
     dof = filter_degrees_of_freedom(
         len(sample_mask) if sample_mask is not None else n_vols, repetition_time, settings
@@ -109,16 +143,31 @@ def clean_run(
             dof,
             n_regressors,
         )
-    meta = {
+    metadata = {
         "DegreesOfFreedom": {"AfterFilter": dof, "Regressors": n_regressors},
         "ConfoundRegressors": [] if confounds is None else list(confounds.columns),
         "CensoredVolumes": censored,
         "ExcludedROIs": [
-            str(c) for c, cov in zip(raw.columns, coverage, strict=True) if cov < settings.min_coverage
+            str(c) for c, cov in zip(names, coverage, strict=True) if cov < settings.min_coverage
         ],
     }
-    meta_file = write_json(out_dir / "clean_metadata.json", meta)
-    return tsv, meta_file
+    return cleaned, metadata
+
+
+def input_fingerprint(path: str | os.PathLike) -> str:
+    """A cheap identity of a large input file, for nipype's cache instead of hashing its bytes.
+
+    A gzip file ends with the CRC-32 and the length of its uncompressed content, so its size and
+    those 8 bytes identify the content (hashing a 1 GB run would take seconds per node); an
+    uncompressed file is identified by its size and modification time, as nipype's
+    ``timestamp`` hash does.
+    """
+    stat = os.stat(path)
+    if os.fspath(path).endswith(".gz") and stat.st_size >= 18:
+        with open(path, "rb") as handle:
+            handle.seek(-8, os.SEEK_END)
+            return f"gzip size={stat.st_size} crc32+isize={handle.read(8).hex()}"
+    return f"size={stat.st_size} mtime_ns={stat.st_mtime_ns}"
 
 
 def run_sidecar(
@@ -178,8 +227,3 @@ def write_run_outputs(
     copy_atomic(coverage_file, coverage)
     write_json(sidecar_path, sidecar)
     return [series, coverage, sidecar_path]
-
-
-def read_clean_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """Load the metadata written by :func:`clean_run`."""
-    return json.loads(Path(path).read_text())

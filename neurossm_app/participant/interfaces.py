@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
@@ -17,90 +16,55 @@ from neurossm_app.config import CleaningSettings
 from neurossm_app.participant import extract
 
 
-class _ResampleAtlasInputSpec(BaseInterfaceInputSpec):
-    atlas_file = File(exists=True, mandatory=True, desc="integer atlas in MNI152NLin2009cAsym")
-    bold_file = File(exists=True, mandatory=True, desc="4D BOLD image whose grid is the target")
-
-
-class _ResampleAtlasOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc="atlas on the BOLD grid (nearest neighbour)")
-
-
-class ResampleAtlas(SimpleInterface):
-    """Resample an atlas onto a BOLD grid with nearest-neighbour interpolation."""
-
-    input_spec = _ResampleAtlasInputSpec
-    output_spec = _ResampleAtlasOutputSpec
-
-    def _run_interface(self, runtime):
-        out = os.path.join(runtime.cwd, "atlas_on_bold.nii.gz")
-        self._results["out_file"] = str(
-            extract.resample_atlas(self.inputs.atlas_file, self.inputs.bold_file, out)
-        )
-        return runtime
-
-
-class _ParcellateInputSpec(BaseInterfaceInputSpec):
-    bold_file = File(exists=True, mandatory=True, desc="4D preprocessed BOLD image")
+class _ExtractRunInputSpec(BaseInterfaceInputSpec):
+    bold_file = File(
+        exists=True,
+        mandatory=True,
+        hash_files=False,
+        desc="4D preprocessed BOLD image; cached by bold_fingerprint, not by hashing its bytes",
+    )
+    bold_fingerprint = traits.Str(mandatory=True, desc="identity of the BOLD file's content (cache key)")
     mask_file = File(exists=True, mandatory=True, desc="brain mask on the BOLD grid")
-    atlas_file = File(exists=True, mandatory=True, desc="atlas already on the BOLD grid")
+    confounds_file = File(
+        exists=True,
+        mandatory=True,
+        desc="fMRIPrep confounds TSV; its content keys the cache (load_confounds finds it by the BOLD)",
+    )
+    atlas_file = File(exists=True, mandatory=True, desc="integer atlas in MNI152NLin2009cAsym")
     indices = traits.List(traits.Int, mandatory=True, desc="label values, in column order")
     names = traits.List(traits.Str, mandatory=True, desc="ROI names, in column order")
+    repetition_time = traits.Float(mandatory=True, desc="seconds per volume")
+    settings = traits.Dict(mandatory=True, desc="CleaningSettings as a dict")
+    n_threads = traits.Int(1, usedefault=True, nohash=True, desc="threads that inflate the BOLD file")
 
 
-class _ParcellateOutputSpec(TraitedSpec):
+class _ExtractRunOutputSpec(TraitedSpec):
+    atlas_file = File(exists=True, desc="atlas on the BOLD grid (nearest neighbour)")
     raw_file = File(exists=True, desc="TSV of raw parcel means (volumes x ROIs)")
     coverage_file = File(exists=True, desc="TSV of per-ROI brain-mask coverage")
+    clean_file = File(exists=True, desc="TSV of denoised parcel signals")
+    metadata_file = File(exists=True, desc="JSON with regressors, censored volumes, excluded ROIs")
 
 
-class Parcellate(SimpleInterface):
-    """Mean signal per ROI within the brain mask, streamed over blocks of volumes."""
+class ExtractRun(SimpleInterface):
+    """Resample the atlas, take parcel means within the mask and clean them, for one run."""
 
-    input_spec = _ParcellateInputSpec
-    output_spec = _ParcellateOutputSpec
+    input_spec = _ExtractRunInputSpec
+    output_spec = _ExtractRunOutputSpec
 
     def _run_interface(self, runtime):
-        raw, coverage = extract.parcellate_run(
+        files = extract.extract_run(
             self.inputs.bold_file,
             self.inputs.mask_file,
             self.inputs.atlas_file,
             self.inputs.indices,
             self.inputs.names,
-            runtime.cwd,
-        )
-        self._results.update(raw_file=str(raw), coverage_file=str(coverage))
-        return runtime
-
-
-class _CleanInputSpec(BaseInterfaceInputSpec):
-    raw_file = File(exists=True, mandatory=True, desc="TSV of raw parcel means")
-    coverage_file = File(exists=True, mandatory=True, desc="TSV of per-ROI coverage")
-    bold_file = File(exists=True, mandatory=True, desc="fMRIPrep BOLD file (locates its confounds)")
-    repetition_time = traits.Float(mandatory=True, desc="seconds per volume")
-    settings = traits.Dict(mandatory=True, desc="CleaningSettings as a dict")
-
-
-class _CleanOutputSpec(TraitedSpec):
-    clean_file = File(exists=True, desc="TSV of denoised parcel signals")
-    metadata_file = File(exists=True, desc="JSON with regressors, censored volumes, excluded ROIs")
-
-
-class CleanSignals(SimpleInterface):
-    """Coverage threshold plus confound regression and filtering with nilearn."""
-
-    input_spec = _CleanInputSpec
-    output_spec = _CleanOutputSpec
-
-    def _run_interface(self, runtime):
-        clean, meta = extract.clean_run(
-            self.inputs.raw_file,
-            self.inputs.coverage_file,
-            self.inputs.bold_file,
             self.inputs.repetition_time,
             CleaningSettings(**self.inputs.settings),
             runtime.cwd,
+            n_threads=self.inputs.n_threads,
         )
-        self._results.update(clean_file=str(clean), metadata_file=str(meta))
+        self._results.update({name: str(path) for name, path in files._asdict().items()})
         return runtime
 
 
@@ -108,13 +72,13 @@ class _DerivativesSinkInputSpec(BaseInterfaceInputSpec):
     output_dir = traits.Str(mandatory=True, desc="OUTPUT_DIR")
     entities = traits.Dict(mandatory=True, desc="run entities (subject, session, task, run, ...)")
     atlas_label = traits.Str(mandatory=True, desc="atlas-<label> entity")
-    atlas_file = traits.Str(mandatory=True, desc="atlas file, for provenance")
+    atlas_file = traits.Str(mandatory=True, hash_files=False, desc="atlas file, for provenance")
     repetition_time = traits.Float(mandatory=True, desc="seconds per volume")
     settings = traits.Dict(mandatory=True, desc="CleaningSettings as a dict")
     clean_file = File(exists=True, mandatory=True, desc="denoised parcel signals")
     coverage_file = File(exists=True, mandatory=True, desc="per-ROI coverage")
     metadata_file = File(exists=True, mandatory=True, desc="cleaning metadata JSON")
-    sources = traits.List(traits.Str, desc="input files, for provenance")
+    sources = traits.List(traits.Str, hash_files=False, desc="input files, for provenance")
 
 
 class _DerivativesSinkOutputSpec(TraitedSpec):

@@ -13,6 +13,8 @@ import numpy as np
 from neurossm_app.bids import BoldRun
 from neurossm_app.errors import DataError
 
+_AFFINE_TOLERANCE = 1e-3  # mm; fMRIPrep writes a run's mask and BOLD with the same affine
+
 
 def _load(path: os.PathLike) -> nib.Nifti1Image:
     try:
@@ -28,12 +30,7 @@ def check_run(run: BoldRun) -> None:
     bold = _load(run.bold)
     if bold.ndim != 4:
         raise DataError(f"{run.bold} is {bold.ndim}D; a 4D BOLD series (x, y, z, time) is required.")
-    mask = _load(run.mask)
-    if mask.shape[:3] != bold.shape[:3] or not np.allclose(mask.affine, bold.affine, atol=1e-3):
-        raise DataError(
-            f"brain mask {run.mask} (grid {mask.shape[:3]}) does not match BOLD {run.bold} "
-            f"(grid {bold.shape[:3]}); use the mask fMRIPrep wrote for this run and space."
-        )
+    check_mask_grid(_load(run.mask), bold, run.mask, run.bold)
     if not run.repetition_time > 0:
         raise DataError(
             f"RepetitionTime {run.repetition_time} in the sidecar of {run.bold} must be positive."
@@ -49,6 +46,28 @@ def check_run(run: BoldRun) -> None:
     if str(run.bold).endswith(".gz"):
         itemsize = np.dtype(bold.get_data_dtype()).itemsize
         _check_gzip(run.bold, int(bold.dataobj.offset) + int(np.prod(bold.shape)) * itemsize)
+
+
+def check_mask_grid(
+    mask: nib.Nifti1Image, bold: nib.Nifti1Image, mask_file: os.PathLike, bold_file: os.PathLike
+) -> None:
+    """Refuse a brain mask whose grid (shape and affine, to 1e-3 mm) is not the BOLD run's.
+
+    The message gives both shapes and, when the affines differ, the largest absolute difference
+    between their entries (two same-shape grids would otherwise read as identical).
+    """
+    gap = float(np.abs(mask.affine - bold.affine).max())
+    if mask.shape[:3] == bold.shape[:3] and gap <= _AFFINE_TOLERANCE:
+        return
+    affines = (
+        f"; their affines differ by up to {gap:.4g} mm (largest absolute difference of their entries)"
+        if gap > _AFFINE_TOLERANCE
+        else ""
+    )
+    raise DataError(
+        f"brain mask {mask_file} (grid {mask.shape[:3]}) does not match BOLD {bold_file} "
+        f"(grid {bold.shape[:3]}){affines}; use the mask fMRIPrep wrote for this run and space."
+    )
 
 
 def _check_gzip(path: os.PathLike, expected_bytes: int) -> None:

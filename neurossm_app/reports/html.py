@@ -93,12 +93,13 @@ def render_page(title: str, intro: str, sections: list[Section]) -> str:
 
 
 def figure_to_svg(fig) -> str:
-    """Serialize a matplotlib figure as SVG text and close it."""
-    import matplotlib.pyplot as plt
-
+    """Serialize a matplotlib figure as SVG text; close it if pyplot made it."""
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", bbox_inches="tight")
-    plt.close(fig)
+    if getattr(fig.canvas, "manager", None) is not None:  # a pyplot figure: release it there
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
     return buffer.getvalue()
 
 

@@ -11,11 +11,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -30,6 +25,9 @@ FIGURES = {
     "motion": "Framewise displacement and censored volumes",
     "connectivity": "ROI correlation matrix (cleaned signals, ordered by network)",
 }
+
+#: Axial cuts of the coverage figure.
+N_CUTS = 7
 
 
 def roi_groups(names: list[str]) -> list[str]:
@@ -46,6 +44,13 @@ def roi_groups(names: list[str]) -> list[str]:
     return groups
 
 
+def _figure(width: float, height: float):
+    """A matplotlib figure outside pyplot: nothing global to close, no GUI back end loaded."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
+
+
 def _zscore(signals: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return (signals - np.nanmean(signals, axis=0)) / np.nanstd(signals, axis=0)
@@ -54,7 +59,8 @@ def _zscore(signals: np.ndarray) -> np.ndarray:
 def carpet_svg(raw: np.ndarray, clean: np.ndarray, names: list[str]) -> str:
     """(T, R) before/after carpets, ROIs grouped by network."""
     order = np.argsort(roi_groups(names), kind="stable")
-    fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    fig = _figure(10, 6)
+    axes = fig.subplots(2, 1, sharex=True)
     for ax, signals, title in (
         (axes[0], raw, "before cleaning (z-scored parcel means)"),
         (axes[1], clean, "after cleaning"),
@@ -70,11 +76,19 @@ def carpet_svg(raw: np.ndarray, clean: np.ndarray, names: list[str]) -> str:
 
 
 def motion_svg(fd: np.ndarray, censored: list[int], threshold: float | None) -> str:
-    """Framewise displacement trace with censored volumes marked."""
-    fig, ax = plt.subplots(figsize=(10, 2.2))
+    """Framewise displacement trace with censored volumes marked (one shaded band each)."""
+    fig = _figure(10, 2.2)
+    ax = fig.subplots()
     ax.plot(fd, color="#345", lw=1)
-    for index in censored:
-        ax.axvspan(index - 0.5, index + 0.5, color="#d62728", alpha=0.3, lw=0)
+    if censored:  # one collection, however many volumes are censored
+        ax.broken_barh(
+            [(index - 0.5, 1.0) for index in censored],
+            (0, 1),
+            transform=ax.get_xaxis_transform(),
+            facecolors="#d62728",
+            alpha=0.3,
+            lw=0,
+        )
     if threshold is not None:
         ax.axhline(threshold, color="#d62728", ls="--", lw=1)
     ax.set_xlabel("volume")
@@ -83,14 +97,27 @@ def motion_svg(fd: np.ndarray, censored: list[int], threshold: float | None) -> 
     return figure_to_svg(fig)
 
 
+def roi_correlations(clean: np.ndarray) -> np.ndarray:
+    """(R, R) Pearson correlations of cleaned signals over uncensored volumes.
+
+    Censored volumes are all-NaN rows and are left out; ROIs without coverage (all-NaN
+    columns) and constant ones get NaN rows and columns.
+    """
+    data = clean[~np.isnan(clean).all(axis=1)]  # (T_kept, R)
+    valid = np.isfinite(data).all(axis=0) & (np.nanstd(data, axis=0) > 0)
+    corr = np.full((clean.shape[1], clean.shape[1]), np.nan)
+    if valid.sum() > 1:
+        corr[np.ix_(valid, valid)] = np.corrcoef(data[:, valid], rowvar=False)
+    return corr
+
+
 def connectivity_svg(clean: np.ndarray, names: list[str]) -> str:
     """Correlation matrix of cleaned ROI signals, ordered by network, with network ticks."""
     groups = roi_groups(names)
     order = np.argsort(groups, kind="stable")
-    data = clean[~np.isnan(clean).all(axis=1)][:, order]  # censored volumes are all-NaN rows
-    with np.errstate(invalid="ignore", divide="ignore"):
-        corr = pd.DataFrame(data).corr().to_numpy()
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    corr = roi_correlations(clean)[np.ix_(order, order)]
+    fig = _figure(6.5, 5.5)
+    ax = fig.subplots()
     im = ax.imshow(corr, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
     sorted_groups = [groups[i] for i in order]
     starts = [i for i in range(len(sorted_groups)) if i == 0 or sorted_groups[i] != sorted_groups[i - 1]]
@@ -102,35 +129,87 @@ def connectivity_svg(clean: np.ndarray, names: list[str]) -> str:
     return figure_to_svg(fig)
 
 
+def coverage_mosaic(
+    labels: np.ndarray, mask: np.ndarray, indices: list[int], coverage: np.ndarray, n_cuts: int = N_CUTS
+) -> tuple[np.ndarray, list[int]]:
+    """Axial cuts of per-ROI coverage painted on the atlas, over the brain mask, side by side.
+
+    Parameters
+    ----------
+    labels
+        (X, Y, Z) integer atlas on the BOLD grid.
+    mask
+        (X, Y, Z) brain mask.
+    indices, coverage
+        (R,) label values and the coverage of each.
+
+    Returns
+    -------
+    rgba : (Y', n_cuts * (X' + 2) - 2, 4) float
+        The cuts left to right, each cropped to the box (X', Y') around the brain and the atlas,
+        anterior up and the voxel x index growing to the right; the mask in light grey, each ROI
+        voxel coloured by its coverage (viridis, 0 to 1; coverage 0 is left unpainted, as
+        nilearn's ``plot_stat_map`` leaves zeros).
+    cuts : list of int
+        The z index of each cut, evenly spaced through the atlas.
+    """
+    from matplotlib import colormaps
+
+    labels = np.asarray(labels).astype(np.int64)
+    inside = np.asarray(mask) > 0
+    lookup = np.zeros(max(int(labels.max(initial=0)), max(indices)) + 1)
+    lookup[np.asarray(indices)] = coverage
+    painted = np.where(labels > 0, lookup[np.clip(labels, 0, None)], 0.0)
+    occupied = np.flatnonzero((labels > 0).any(axis=(0, 1)))
+    low, high = (int(occupied[0]), int(occupied[-1])) if occupied.size else (0, labels.shape[2] - 1)
+    cuts = [int(round(z)) for z in np.linspace(low, high, n_cuts + 2)[1:-1]]
+    box = tuple(_extent((labels > 0) | inside, axis) for axis in ((1, 2), (0, 2)))
+    viridis = colormaps["viridis"]
+    tiles = []
+    for z in cuts:
+        brain, values = inside[box[0], box[1], z], painted[box[0], box[1], z]
+        tile = np.ones((*brain.shape, 4))
+        tile[brain, :3] = 0.85
+        tile[values > 0] = viridis(np.clip(values[values > 0], 0, 1))
+        tiles += [tile, np.ones((2, brain.shape[1], 4))]
+    return np.concatenate(tiles[:-1], axis=0).transpose(1, 0, 2)[::-1], cuts  # anterior up
+
+
+def _extent(occupied: np.ndarray, other_axes: tuple[int, int]) -> slice:
+    """The slice of one axis that holds every occupied voxel, with one voxel to spare."""
+    where = np.flatnonzero(occupied.any(axis=other_axes))
+    if where.size == 0:
+        return slice(None)
+    return slice(max(int(where[0]) - 1, 0), int(where[-1]) + 2)
+
+
 def coverage_svg(
     atlas_on_bold: str | os.PathLike, mask_file: str | os.PathLike, indices: list[int], coverage: np.ndarray
 ) -> str:
-    """Per-ROI coverage painted on the atlas, over the brain mask."""
-    from nilearn import plotting
+    """Per-ROI coverage painted on the atlas, over the brain mask: seven axial cuts, one image."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
     atlas = nib.load(os.fspath(atlas_on_bold))
-    labels = np.asarray(atlas.dataobj).astype(np.int64)
-    lookup = np.zeros(max(int(labels.max()), max(indices)) + 1)
-    lookup[np.asarray(indices)] = coverage
-    painted = nib.Nifti1Image(np.where(labels > 0, lookup[labels], 0).astype(np.float32), atlas.affine)
-    fig = plt.figure(figsize=(10, 2.6))
-    display = plotting.plot_stat_map(
-        painted,
-        bg_img=os.fspath(mask_file),
-        display_mode="z",
-        cut_coords=7,
-        cmap="viridis",
-        vmin=0,
-        vmax=1,
-        colorbar=True,
-        figure=fig,
-        title="coverage",
-        black_bg=False,
-        draw_cross=False,
+    mask = np.asarray(nib.load(os.fspath(mask_file)).dataobj)
+    rgba, cuts = coverage_mosaic(np.asarray(atlas.dataobj), mask, indices, coverage)
+    fig = _figure(10, 2.6)
+    ax = fig.add_axes((0.0, 0.05, 0.9, 0.8))
+    ax.imshow(rgba, interpolation="nearest")  # one image for all cuts: one raster in the SVG
+    ax.set_axis_off()
+    ax.set_title("coverage", loc="left", fontsize=10)
+    width = (rgba.shape[1] + 2) // len(cuts)
+    for k, z in enumerate(cuts):
+        z_mm = (atlas.affine @ np.array([0, 0, z, 1]))[2]
+        ax.text(k * width + 1, rgba.shape[0] - 1, f"z={z_mm:.0f}", fontsize=8, va="bottom")
+    left, right = ("L", "R") if atlas.affine[0, 0] > 0 else ("R", "L")  # x index grows to the right
+    ax.text(1, 1, left, fontsize=8, va="top")
+    ax.text(width - 3, 1, right, fontsize=8, va="top", ha="right")
+    colorbar = fig.colorbar(
+        ScalarMappable(Normalize(0, 1), "viridis"), cax=fig.add_axes((0.92, 0.1, 0.015, 0.7))
     )
-    svg = figure_to_svg(fig)
-    display.close()
-    return svg
+    colorbar.set_label("coverage", fontsize=8)
+    return figure_to_svg(fig)
 
 
 def write_run_reportlets(
