@@ -1,20 +1,26 @@
-# neurossm-app: the BIDS App with the CUDA kernels of mamba-ssm and the atlases baked in.
+# neurossm-app: the BIDS App with the atlases baked in, in two variants from this one file.
 #
-#   docker build -t neurossm-app:0.1.0 --build-arg VERSION=0.1.0 .
+#   docker build -t neurossm-app:0.1.0 --build-arg VERSION=0.1.0 .                          # CUDA (default)
+#   docker build -t neurossm-app:0.1.0-cpu --build-arg VERSION=0.1.0 --build-arg VARIANT=cpu .
 #   docker run --rm --gpus all -u "$(id -u):$(id -g)" \
 #       -v /data/bids:/data:ro -v /data/out:/out -v /scratch/work:/work \
 #       neurossm-app:0.1.0 /data /out participant -w /work
 #
-# Stage "builder" (CUDA devel: nvcc and headers) makes the wheels of causal-conv1d, mamba-ssm and
-# neurossm-app; the final stage (CUDA runtime) installs them, so no compiler, CUDA headers or build
-# cache end up in the image. Then the atlases are fetched once, at build time, into /opt: nothing
-# is downloaded at run time, and Apptainer's bind of the host $HOME cannot hide them.
-# docs/installation.md explains the build arguments; tests/test_containers.py keeps this file,
-# singularity.def and setup.cfg in agreement.
+# VARIANT=cuda: a CUDA "devel" stage (builder) makes the wheels of causal-conv1d and mamba-ssm and
+# a CUDA "runtime" stage (base-cuda) installs them with the CUDA build of PyTorch, so no compiler,
+# CUDA headers or build cache end up in the image. VARIANT=cpu: base-cpu is Debian with the CPU
+# build of PyTorch and no mamba-ssm (the app's own selective scan), a slim image for
+# participant-level array jobs and CPU group runs. Every later layer is shared: the app, the baked
+# atlases, the non-root user, the environment, the entrypoint and the labels. Nothing is
+# downloaded at run time, and Apptainer's bind of the host $HOME cannot hide the atlases (/opt).
+# docs/installation.md explains the build arguments; scripts/container-smoke.sh builds the cpu
+# variant and runs both levels in it; tests/test_containers.py keeps this file, singularity.def
+# and setup.cfg in agreement.
 
-# Versions, shared by both stages. torch, CUDA and Python must match the prebuilt kernels of
+# Versions, shared by every stage. torch, CUDA and Python must match the prebuilt kernels of
 # mamba-ssm/causal-conv1d (or set KERNELS_FORCE_BUILD=TRUE to compile them here).
 ARG VERSION=0.1.0
+ARG VARIANT=cuda
 ARG PYTHON_VERSION=3.11
 ARG TORCH_VERSION=2.5.1
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124
@@ -25,8 +31,14 @@ ARG CAUSAL_CONV1D_VERSION=1.5.0.post8
 # to the slow PyTorch scan). Pin a release from the same months as mamba-ssm 2.2.4.
 ARG TRANSFORMERS_VERSION=4.46.3
 ARG PIP_VERSION=24.3.1
+# The cpu variant: a Debian 12 base (Python 3.11 from Debian) and the CPU build of PyTorch. An
+# empty CPU_TORCH_INDEX_URL installs torch from the default index (pip's own configuration).
+ARG CPU_BASE_IMAGE=debian:bookworm-slim
+ARG CPU_TORCH_VERSION=2.5.1
+ARG CPU_TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 # --------------------------------------------------------------------------------------------
+# cuda variant, stage 1: the kernels' wheels
 FROM nvidia/cuda:12.4.1-devel-ubuntu22.04 AS builder
 
 ARG PYTHON_VERSION
@@ -70,14 +82,10 @@ RUN MAMBA_FORCE_BUILD="${KERNELS_FORCE_BUILD}" CAUSAL_CONV1D_FORCE_BUILD="${KERN
     pip wheel --no-cache-dir --no-build-isolation --no-deps --wheel-dir /wheels \
       "causal-conv1d==${CAUSAL_CONV1D_VERSION}" "mamba-ssm==${MAMBA_SSM_VERSION}"
 
-COPY pyproject.toml setup.cfg README.md ./
-COPY neurossm_app ./neurossm_app
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
-
 # --------------------------------------------------------------------------------------------
-FROM nvidia/cuda:12.4.1-runtime-ubuntu22.04
+# cuda variant, stage 2: CUDA runtime, Python, the CUDA build of torch and the kernels
+FROM nvidia/cuda:12.4.1-runtime-ubuntu22.04 AS base-cuda
 
-ARG VERSION
 ARG PYTHON_VERSION
 ARG TORCH_VERSION
 ARG TORCH_INDEX_URL
@@ -85,17 +93,6 @@ ARG MAMBA_SSM_VERSION
 ARG CAUSAL_CONV1D_VERSION
 ARG TRANSFORMERS_VERSION
 ARG PIP_VERSION
-# The image name written to dataset_description.json (GeneratedBy.Container.Tag).
-ARG IMAGE_NAME=neurossm-app
-# 1: also bake Neurosynth (version 7, abstract terms; about 1 GB) into NEUROSYNTH_DIR.
-ARG FETCH_NEUROSYNTH=0
-
-LABEL org.opencontainers.image.title="neurossm-app" \
-      org.opencontainers.image.description="BIDS App: fMRIPrep derivatives to ROI time series (participant) and NeuroSSM classification with CPA explanations (group)" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.source="https://github.com/neurossm-app/neurossm-app" \
-      org.opencontainers.image.url="https://github.com/neurossm-app/neurossm-app" \
-      org.opencontainers.image.licenses="MIT"
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive
@@ -110,27 +107,85 @@ RUN apt-get update \
  && apt-get purge -y --auto-remove software-properties-common gpg-agent \
  && rm -rf /var/lib/apt/lists/*
 
-RUN "python${PYTHON_VERSION}" -m venv /opt/venv
+# torch from the CUDA index, then the kernels built above (pinned, so pip never picks a newer
+# mamba-ssm source release it cannot build).
+COPY --from=builder /wheels /tmp/wheels
+RUN "python${PYTHON_VERSION}" -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir "pip==${PIP_VERSION}" \
+ && /opt/venv/bin/pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
+ && /opt/venv/bin/pip install --no-cache-dir --find-links /tmp/wheels \
+      "torch==${TORCH_VERSION}" \
+      "mamba-ssm==${MAMBA_SSM_VERSION}" \
+      "causal-conv1d==${CAUSAL_CONV1D_VERSION}" \
+      "transformers==${TRANSFORMERS_VERSION}" \
+ && rm -rf /tmp/wheels \
+ && /opt/venv/bin/python -c "import causal_conv1d, mamba_ssm.ops.selective_scan_interface"
+
+# --------------------------------------------------------------------------------------------
+# cpu variant: Debian's Python 3.11 and the CPU build of torch
+FROM ${CPU_BASE_IMAGE} AS base-cpu
+
+ARG PIP_VERSION
+ARG CPU_TORCH_VERSION
+ARG CPU_TORCH_INDEX_URL
+# Only for builds that reach the package index through a mounted pip configuration (the smoke
+# test); a build argument is seen by RUN steps and not kept in the image.
+ARG PIP_CONFIG_FILE
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV DEBIAN_FRONTEND=noninteractive
+
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+# hadolint ignore=SC2086
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir "pip==${PIP_VERSION}" \
+ && /opt/venv/bin/pip install --no-cache-dir ${CPU_TORCH_INDEX_URL:+--index-url "${CPU_TORCH_INDEX_URL}"} \
+      "torch==${CPU_TORCH_VERSION}"
+
+# --------------------------------------------------------------------------------------------
+# Shared by both variants: the app, the atlases, the user, the environment
+# hadolint ignore=DL3006
+FROM base-${VARIANT} AS final
+
+ARG VERSION
+ARG VARIANT
+# The image name written to dataset_description.json (GeneratedBy.Container.Tag).
+ARG IMAGE_NAME=neurossm-app
+# fetch: the real atlases, downloaded once at build time (production). synthetic: the atlases of
+# neurossm-synth, for builds without network access to TemplateFlow and nilearn's servers (the
+# container smoke test); never ship such an image. The label below says which an image holds.
+ARG ATLAS_SOURCE=fetch
+# 1: also bake Neurosynth (version 7, abstract terms; about 1 GB) into NEUROSYNTH_DIR.
+ARG FETCH_NEUROSYNTH=0
+ARG PIP_CONFIG_FILE
+
+LABEL org.opencontainers.image.title="neurossm-app" \
+      org.opencontainers.image.description="BIDS App: fMRIPrep derivatives to ROI time series (participant) and NeuroSSM classification with CPA explanations (group)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.source="https://github.com/neurossm-app/neurossm-app" \
+      org.opencontainers.image.url="https://github.com/neurossm-app/neurossm-app" \
+      org.opencontainers.image.licenses="MIT" \
+      io.github.neurossm-app.variant="${VARIANT}" \
+      io.github.neurossm-app.atlas-source="${ATLAS_SOURCE}"
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PATH=/opt/venv/bin:$PATH \
     VIRTUAL_ENV=/opt/venv \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# torch first, from the CUDA index; then neurossm-app with its `cuda` extra, resolved against the
-# wheels built above (pinned, so pip never picks a newer mamba-ssm source release it cannot build).
+# neurossm-app (with its cuda extra in the cuda variant, satisfied by the kernels of base-cuda);
 # bids-validator-deno lets the participant level validate BIDS_DIR as it does outside containers.
-COPY --from=builder /wheels /tmp/wheels
-RUN pip install --no-cache-dir "pip==${PIP_VERSION}" \
- && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
- && pip install --no-cache-dir --find-links /tmp/wheels \
-      "neurossm-app[cuda]==${VERSION}" \
-      "torch==${TORCH_VERSION}" \
-      "mamba-ssm==${MAMBA_SSM_VERSION}" \
-      "causal-conv1d==${CAUSAL_CONV1D_VERSION}" \
-      "transformers==${TRANSFORMERS_VERSION}" \
-      bids-validator-deno==3.0.2 \
- && rm -rf /tmp/wheels \
- && python -c "import causal_conv1d, mamba_ssm.ops.selective_scan_interface" \
+COPY pyproject.toml setup.cfg README.md /tmp/src/
+COPY neurossm_app /tmp/src/neurossm_app
+RUN extras=""; if [ "${VARIANT}" = "cuda" ]; then extras="[cuda]"; fi \
+ && pip install --no-cache-dir "/tmp/src${extras}" bids-validator-deno==3.0.2 \
+ && rm -rf /tmp/src \
+ && pip check \
  && test "$(neurossm-app --version)" = "neurossm-app ${VERSION}"
 
 ENV NIPYPE_NO_ET=1 \
@@ -144,8 +199,16 @@ ENV NIPYPE_NO_ET=1 \
     NEUROSSM_CONTAINER_TAG="${IMAGE_NAME}:${VERSION}"
 
 # Schaefer2018 400 (7 and 17 networks, res-1 and res-2, label tables) and AAL3v2, read-only for
-# everyone; Neurosynth only with FETCH_NEUROSYNTH=1.
-RUN neurossm-app-fetch --atlas all --templateflow-home "${TEMPLATEFLOW_HOME}" --nilearn-data "${NILEARN_DATA}" \
+# everyone; Neurosynth only with FETCH_NEUROSYNTH=1. The synthetic source takes the generator's
+# atlases (same file names and label tables, synthetic parcels) instead.
+RUN if [ "${ATLAS_SOURCE}" = "synthetic" ]; then \
+      neurossm-synth /tmp/synth --subjects 2 --volumes 20 --atlas-cache /tmp/atlases \
+      && mv /tmp/atlases/templateflow "${TEMPLATEFLOW_HOME}" \
+      && mv /tmp/atlases/nilearn_data "${NILEARN_DATA}" \
+      && rm -rf /tmp/synth /tmp/atlases; \
+    else \
+      neurossm-app-fetch --atlas all --templateflow-home "${TEMPLATEFLOW_HOME}" --nilearn-data "${NILEARN_DATA}"; \
+    fi \
  && mkdir -p "${NEUROSYNTH_DIR}" \
  && if [ "${FETCH_NEUROSYNTH}" = "1" ]; then \
       neurossm-app-fetch --atlas none --neurosynth "${NEUROSYNTH_DIR}"; \

@@ -212,7 +212,7 @@ def _run_commands(stage: Stage) -> list[str]:
     """Every simple command of every RUN of ``stage``, variables substituted."""
     commands = []
     for run in stage.all("RUN"):
-        for part in re.split(r"&&|;|\|\||\bthen\b|\bfi\b", stage.expand(run)):
+        for part in re.split(r"&&|;|\|\||\bthen\b|\belse\b|\bfi\b", stage.expand(run)):
             if part.strip():
                 commands.append(part.strip())
     return commands
@@ -223,18 +223,57 @@ def _run_commands(stage: Stage) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def test_dockerfile_is_multistage_on_pinned_cuda_images(docker):
-    assert len(docker.stages) == 2
-    builder, final = docker.stages
-    assert builder.name == "builder"
-    for stage in docker.stages:
+def _stage(docker: Dockerfile, name: str) -> Stage:
+    return next(stage for stage in docker.stages if stage.name == name)
+
+
+def test_two_variants_share_the_final_stage(docker):
+    names = [stage.name for stage in docker.stages]
+    assert names == ["builder", "base-cuda", "base-cpu", "final"], names
+    assert docker.global_args["VARIANT"] == "cuda", "the default image stays the CUDA one"
+    assert docker.final.image == "base-${VARIANT}"
+    # the labels say which variant an image is and where its atlases came from
+    labels = docker.final.labels
+    assert labels["io.github.neurossm-app.variant"] == "cuda"
+    assert docker.final.args["ATLAS_SOURCE"] == "fetch", "release builds fetch the real atlases"
+    assert labels["io.github.neurossm-app.atlas-source"] == "fetch"
+
+
+def test_synthetic_atlases_only_when_asked_and_in_the_same_place(docker):
+    final = docker.final
+    atlas_run = next(run for run in final.all("RUN") if "neurossm-synth" in run)
+    assert atlas_run.startswith('if [ "${ATLAS_SOURCE}" = "synthetic" ]; then')
+    commands = _run_commands(final)
+    synth = next(c for c in commands if c.startswith("neurossm-synth"))
+    from neurossm_app.synthetic.cli import build_parser as synth_parser
+
+    cache = synth_parser().parse_args(shlex.split(synth)[1:]).atlas_cache
+    moves = [shlex.split(c) for c in commands if c.startswith("mv ")]
+    assert ["mv", f"{cache}/templateflow", final.env["TEMPLATEFLOW_HOME"]] in moves
+    assert ["mv", f"{cache}/nilearn_data", final.env["NILEARN_DATA"]] in moves
+
+
+def test_cuda_stages_use_pinned_cuda_images(docker):
+    builder, runtime = _stage(docker, "builder"), _stage(docker, "base-cuda")
+    for stage in (builder, runtime):
         repo, _, tag = stage.image.partition(":")
         assert repo == "nvidia/cuda" and tag and tag != "latest", stage.image
-    assert "-devel-" in builder.image and "-runtime-" in final.image
-    cuda = {stage.image.split(":")[1].split("-")[0] for stage in docker.stages}
+    assert "-devel-" in builder.image and "-runtime-" in runtime.image
+    cuda = {stage.image.split(":")[1].split("-")[0] for stage in (builder, runtime)}
     assert len(cuda) == 1, f"builder and runtime use different CUDA versions: {cuda}"
-    assert any("--from=builder" in copy for copy in final.all("COPY"))
-    assert not any(word in run for run in final.all("RUN") for word in ("nvcc", '-dev"', "build-essential"))
+    assert any("--from=builder" in copy for copy in runtime.all("COPY"))
+    for stage in (runtime, _stage(docker, "base-cpu"), docker.final):
+        assert not any(word in run for run in stage.all("RUN") for word in ("nvcc", '-dev"', "build-essential"))
+
+
+def test_cpu_variant_has_no_cuda(docker):
+    cpu = _stage(docker, "base-cpu")
+    assert cpu.image == "${CPU_BASE_IMAGE}"
+    assert docker.global_args["CPU_BASE_IMAGE"].startswith("debian:bookworm")
+    runs = " ".join(_run_commands(cpu))
+    assert "torch==${CPU_TORCH_VERSION}" in " ".join(cpu.all("RUN"))
+    assert docker.global_args["CPU_TORCH_INDEX_URL"].endswith("/whl/cpu")
+    assert "mamba" not in runs and "causal" not in runs and "cuda" not in runs.replace("CPU", "")
 
 
 def test_python_version_within_python_requires(docker):
@@ -243,27 +282,28 @@ def test_python_version_within_python_requires(docker):
     assert version in SpecifierSet(setup_cfg()["options"]["python_requires"])
 
 
-def test_torch_pin_matches_setup_cfg_and_cuda(docker):
-    torch_version = docker.global_args["TORCH_VERSION"]
-    assert torch_version in install_requirements()["torch"].specifier
+def test_torch_pins_match_setup_cfg_and_cuda(docker):
+    for arg in ("TORCH_VERSION", "CPU_TORCH_VERSION"):
+        assert docker.global_args[arg] in install_requirements()["torch"].specifier, arg
     index = docker.global_args["TORCH_INDEX_URL"]
-    cuda = docker.final.image.split(":")[1].split("-")[0]  # e.g. 12.4.1
+    cuda = _stage(docker, "base-cuda").image.split(":")[1].split("-")[0]  # e.g. 12.4.1
     assert index.endswith("/cu" + "".join(cuda.split(".")[:2])), (index, cuda)
 
 
 def test_cuda_extra_is_installed_with_kernel_pins_that_satisfy_it(docker):
-    final = docker.final
-    pip_installs = [c for c in _run_commands(final) if c.startswith("pip install")]
-    app = [c for c in pip_installs if "neurossm-app[cuda]" in c]
-    assert app, "the final stage must install neurossm-app with its cuda extra"
-    pins = dict(re.findall(r'"([\w.\[\]-]+)==([^"]+)"', app[0]))
-    assert pins["neurossm-app[cuda]"] == neurossm_app.__version__
+    runtime = _stage(docker, "base-cuda")
+    pip_installs = [c for c in _run_commands(runtime) if "pip install" in c and "mamba-ssm==" in c]
+    assert pip_installs, "base-cuda must install the kernels"
+    pins = dict(re.findall(r'"([\w.\[\]-]+)==([^"]+)"', pip_installs[0]))
     assert pins["torch"] == docker.global_args["TORCH_VERSION"]
     for requirement in extra_requirements("cuda"):
         assert requirement.name in pins, f"{requirement.name} (cuda extra) is not pinned in the image"
         assert pins[requirement.name] in requirement.specifier, (requirement, pins[requirement.name])
+    # the app goes in with its cuda extra in the cuda variant, resolved against those pins
+    final = " ".join(docker.final.all("RUN"))
+    assert 'extras="[cuda]"' in final and '"/tmp/src${extras}"' in final and "pip check" in final
     # the kernels are built (or fetched prebuilt) in the devel stage, never in the runtime stage
-    builder_runs = " ".join(_run_commands(docker.stages[0]))
+    builder_runs = " ".join(_run_commands(_stage(docker, "builder")))
     assert "--no-build-isolation" in builder_runs
     for name in ("causal-conv1d", "mamba-ssm"):
         assert f'"{name}==' in builder_runs
@@ -348,7 +388,9 @@ def test_copied_sources_exist_and_are_not_dockerignored(docker):
     ignored = [line for line in DOCKERIGNORE.read_text().splitlines() if line and not line.startswith("#")]
     for line in (".venv", "work", "demo", ".git", "**/__pycache__", ".pytest_cache", ".ruff_cache"):
         assert line in ignored, f".dockerignore should exclude {line}"
-    for copy in docker.stages[0].all("COPY"):
+    copies = [c for stage in docker.stages for c in stage.all("COPY") if not c.startswith("--from")]
+    assert copies
+    for copy in copies:
         *sources, _ = copy.split()
         for source in sources:
             assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
