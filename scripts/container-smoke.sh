@@ -44,7 +44,8 @@ fi
 
 # pip inside the build: the host's index settings, certificate bundle and local wheels, bound
 # read-only under /tmp/host-pip and named by PIP_CONFIG_FILE, a build argument: RUN steps see it,
-# the image's environment does not keep it.
+# the image's environment does not keep it. Only the empty mount points stay in the image's /tmp,
+# which a run hides under its own /tmp.
 host_pip=/tmp/host-pip
 pip_conf="$work/pip.conf"
 mounts=(-v "$pip_conf:$host_pip/pip.conf:ro")
