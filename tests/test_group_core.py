@@ -182,6 +182,31 @@ def test_random_windows_shape_and_range():
         assert np.array_equal(window, full[:, start : start + 8])
 
 
+def _determinism() -> tuple[bool, bool]:
+    return torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+
+
+@pytest.mark.parametrize("caller", [(False, False), (True, False)])
+def test_deterministic_training_is_scoped_to_the_block(caller):
+    """A unit's deterministic kernels do not outlive it: the caller's setting comes back."""
+    from neurossm_app.group.train import deterministic_algorithms, reproducible
+
+    outside = _determinism()
+    try:
+        torch.use_deterministic_algorithms(caller[0], warn_only=caller[1])
+        with reproducible(7):
+            assert _determinism() == (True, True)
+            first = torch.rand(3)
+        assert _determinism() == caller
+        with reproducible(7):
+            assert torch.equal(torch.rand(3), first)
+        with pytest.raises(ZeroDivisionError), deterministic_algorithms():
+            _ = 1 / 0  # a failing unit restores the setting too
+        assert _determinism() == caller
+    finally:
+        torch.use_deterministic_algorithms(outside[0], warn_only=outside[1])
+
+
 def test_weight_decay_spares_biases_norms_and_mamba_state_parameters():
     from neurossm_app.model import NeuroSSM
 

@@ -53,7 +53,7 @@ def run_group(opts: argparse.Namespace) -> None:
 
     from neurossm_app.bids import RUN_ENTITIES, load_filter_file
     from neurossm_app.errors import UsageError
-    from neurossm_app.group.run import run_group_analysis
+    from neurossm_app.group.run import run_group_level
 
     settings = group_settings_from_options(opts)
     if settings.skip_cross_validation and opts.fold not in (None, 0):
@@ -79,7 +79,7 @@ def run_group(opts: argparse.Namespace) -> None:
             n_permutations=opts.n_permutations,
             atlas_dir=getattr(opts, "atlas_dir", None),
         )
-    run_group_analysis(
+    run_group_level(
         settings,
         opts.output_dir,
         participants_tsv,

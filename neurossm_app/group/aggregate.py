@@ -69,6 +69,34 @@ def aggregate_units(
     DataError
         A complete unit's checkpoint or tables are damaged.
     """
+    metrics, predictions, markers, missing = read_complete_units(run_dir, settings)
+    model_order = ["neurossm", *settings.baselines]
+    models: dict[str, Any] = {}
+    if metrics:
+        table = _ordered(pd.concat(metrics, ignore_index=True), model_order)
+        write_tsv(run_dir / "metrics.tsv", table)
+        write_tsv(
+            run_dir / "predictions.tsv", _ordered(pd.concat(predictions, ignore_index=True), model_order)
+        )
+        for model, rows in table.groupby("model", sort=False):
+            models[model] = {m: _mean_sd(pd.to_numeric(rows[m], errors="coerce")) for m in METRICS}
+    summary = run_summary(settings, dataset_summary, models, markers, missing)
+    write_json(run_dir / "summary.json", _json_safe(summary))
+    return summary
+
+
+def read_complete_units(
+    run_dir: Path, settings: GroupSettings
+) -> tuple[list[pd.DataFrame], list[pd.DataFrame], list[dict[str, Any]], list[str]]:
+    """The metrics and predictions tables and markers of every complete unit, checkpoints checked.
+
+    Returns
+    -------
+    metrics, predictions : list of pandas.DataFrame
+    markers : list of dict
+    missing : list of str
+        Folder names of the units without a completion marker.
+    """
     metrics, predictions, markers, missing = [], [], [], []
     for fold, seed in settings.units:
         marker = read_marker(run_dir, fold, seed)
@@ -86,24 +114,28 @@ def aggregate_units(
         metrics.append(_read_unit_table(folder / "metrics.tsv"))
         predictions.append(_read_unit_table(folder / "predictions.tsv"))
         markers.append(marker)
-    model_order = ["neurossm", *settings.baselines]
+    return metrics, predictions, markers, missing
 
-    def ordered(frame: pd.DataFrame) -> pd.DataFrame:
-        key = frame["model"].map({m: i for i, m in enumerate(model_order)}).fillna(len(model_order))
-        frame = frame.assign(_model=key, _seed=frame["seed"].astype(int), _fold=frame["fold"].astype(int))
-        frame = frame.sort_values(["_model", "_seed", "_fold"], kind="stable")
-        return frame.drop(columns=["_model", "_seed", "_fold"]).reset_index(drop=True)
 
-    models: dict[str, Any] = {}
-    if metrics:
-        table = ordered(pd.concat(metrics, ignore_index=True))
-        write_tsv(run_dir / "metrics.tsv", table)
-        write_tsv(run_dir / "predictions.tsv", ordered(pd.concat(predictions, ignore_index=True)))
-        for model, rows in table.groupby("model", sort=False):
-            models[model] = {m: _mean_sd(pd.to_numeric(rows[m], errors="coerce")) for m in METRICS}
+def _ordered(frame: pd.DataFrame, model_order: list[str]) -> pd.DataFrame:
+    """Rows by model (NeuroSSM, then the baselines in their order), seed, fold."""
+    key = frame["model"].map({m: i for i, m in enumerate(model_order)}).fillna(len(model_order))
+    frame = frame.assign(_model=key, _seed=frame["seed"].astype(int), _fold=frame["fold"].astype(int))
+    frame = frame.sort_values(["_model", "_seed", "_fold"], kind="stable")
+    return frame.drop(columns=["_model", "_seed", "_fold"]).reset_index(drop=True)
+
+
+def run_summary(
+    settings: GroupSettings,
+    dataset_summary: dict[str, Any],
+    models: dict[str, Any],
+    markers: list[dict[str, Any]],
+    missing: list[str],
+) -> dict[str, Any]:
+    """The content of ``summary.json``: protocol, units, metrics per model, chance levels, timing."""
     classes = dataset_summary["classes"]
     n_scans = sum(c["scans"] for c in classes.values())
-    summary = {
+    return {
         "run_name": settings.run_name,
         "preset": settings.preset,
         "target": settings.target,
@@ -130,8 +162,6 @@ def aggregate_units(
             "units_total": round(sum(m.get("total_seconds", 0.0) for m in markers), 1),
         },
     }
-    write_json(run_dir / "summary.json", _json_safe(summary))
-    return summary
 
 
 def _json_safe(value: Any) -> Any:

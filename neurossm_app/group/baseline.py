@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-BASELINE_NAMES = ("fc-logreg",)
 _R_MAX = 1.0 - 1e-7  # keeps arctanh finite on the diagonal-like pairs
 
 
@@ -74,3 +73,8 @@ def fit_predict_fc_logreg(
     proba = np.zeros((len(test_series), n_classes))
     proba[:, model.classes_] = fitted
     return proba
+
+
+#: Every baseline by its ``--baselines`` name: ``(train_series, train_labels, test_series,
+#: n_classes, seed) -> (N_test, C)`` probabilities.
+BASELINES = {"fc-logreg": fit_predict_fc_logreg}

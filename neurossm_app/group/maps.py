@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +184,36 @@ def save_dseg_table(path: Path, names: list[str]) -> Path:
 def describe(text: str, **extra: Any) -> dict[str, Any]:
     """JSON sidecar body: ``Description`` plus fields (kept JSON-serialisable)."""
     return json.loads(json.dumps({"Description": text, **extra}, default=str))
+
+
+@dataclass(frozen=True)
+class AtlasGrid:
+    """The atlas image that ROI-space maps are written on, and the label value of every ROI.
+
+    Attributes
+    ----------
+    image_path : Path
+    image : nibabel.Nifti1Image
+        Integer label image.
+    indices : numpy.ndarray, (R,) int64
+        Label value of each ROI, in the order of the time series' columns (:func:`roi_indices`).
+    """
+
+    image_path: Path
+    image: Any
+    indices: np.ndarray
+
+    @classmethod
+    def load(cls, atlas, roi_names: tuple[str, ...]) -> AtlasGrid:
+        """From a :class:`neurossm_app.atlases.Atlas` and the ROI names of the time series."""
+        import nibabel as nib
+
+        return cls(atlas.image, nib.load(atlas.image), roi_indices(atlas.names, atlas.indices, roi_names))
+
+    def volume(self, values: np.ndarray, dtype: Any = np.float32):
+        """:func:`roi_volume` of ``values`` (R,) on this grid."""
+        return roi_volume(self.image, self.indices, values, dtype)
+
+    def parcellate(self, image) -> np.ndarray:
+        """:func:`parcellate` of ``image`` with this atlas, (R,) (NaN for an ROI without voxels)."""
+        return parcellate(image, self.image, self.indices)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import random
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,14 +66,36 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed python, numpy and torch; ask torch for deterministic kernels."""
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global generators (model initialisation, dropout)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if deterministic:
-        # warn_only: a CUDA op without a deterministic kernel should not stop training.
-        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+@contextmanager
+def deterministic_algorithms(warn_only: bool = True) -> Iterator[None]:
+    """Deterministic torch kernels inside the block; the caller's setting is restored after it.
+
+    ``warn_only``: a CUDA op without a deterministic kernel warns instead of stopping training.
+    The setting is process-wide, so it is scoped: a notebook or an in-process test that trains a
+    unit gets torch back as it was.
+    """
+    enabled = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=was_warn_only)
+
+
+@contextmanager
+def reproducible(seed: int) -> Iterator[None]:
+    """:func:`seed_everything`, then :func:`deterministic_algorithms` for the block."""
+    seed_everything(seed)
+    with deterministic_algorithms():
+        yield
 
 
 def unit_seed(seed: int, fold: int) -> int:
@@ -164,78 +188,130 @@ def train_model(
         One row per epoch: ``epoch``, ``loss`` (mean training loss), ``train_accuracy`` (on the
         windows of that epoch), ``lr`` (at the end of the epoch).
     """
-    from tqdm.auto import tqdm
-
     rng = np.random.default_rng(seed)
-    n_samples = len(series)
-    steps_per_epoch = -(-n_samples // settings.batch_size)
+    steps_per_epoch = -(-len(series) // settings.batch_size)
     model.to(device)
-    optimizer = torch.optim.AdamW(
-        weight_decay_groups(model, settings.weight_decay), lr=settings.lr, weight_decay=settings.weight_decay
-    )
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch
-    )
-    amp_dtype = autocast_dtype(device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    loss_fn = nn.CrossEntropyLoss(weight=class_weights(labels, n_classes).to(device))
+    optimisation = Optimisation.build(model, settings, labels, n_classes, steps_per_epoch, device)
     labels_t = torch.as_tensor(labels, dtype=torch.long)
     history = []
-    show_bar = sys.stderr.isatty()
-    log_every = max(1, settings.epochs // 5)
     for epoch in range(1, settings.epochs + 1):
-        model.train()
-        order = rng.permutation(n_samples)
-        targets = labels_t[order]
-        total_loss, correct = 0.0, 0
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"{description} epoch {epoch}/{settings.epochs}",
-            disable=not show_bar,
-            leave=False,
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
-        for step in bar:
-            chunk = slice(step * settings.batch_size, (step + 1) * settings.batch_size)
-            # Cut per batch: all windows of an epoch at once would not fit in memory on HCP.
-            windows = random_windows([series[i] for i in order[chunk]], settings.window, rng)
-            x = torch.from_numpy(windows).to(device, non_blocking=True)  # (B, R, L)
-            y = targets[chunk].to(device)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = model(x)  # (B, C)
-                loss = loss_fn(logits.float(), y)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            last_lr = optimizer.param_groups[0]["lr"]  # the rate this step used
-            schedule.step()
-            total_loss += float(loss.detach()) * len(y)
-            correct += int((logits.detach().argmax(dim=1) == y).sum())
-            seen = min(n_samples, (step + 1) * settings.batch_size)
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.2f}")
-        bar.close()
-        row = {
-            "epoch": epoch,
-            "loss": total_loss / n_samples,
-            "train_accuracy": correct / n_samples,
-            "lr": last_lr,
-        }
-        history.append(row)
-        level = logging.INFO if epoch % log_every == 0 or epoch == settings.epochs else logging.DEBUG
-        LOGGER.log(
-            level,
-            "%s epoch %d/%d: loss %.4f, train accuracy %.3f, lr %.2e",
-            description,
-            epoch,
-            settings.epochs,
-            row["loss"],
-            row["train_accuracy"],
-            row["lr"],
-        )
-        if not np.isfinite(row["loss"]):
-            LOGGER.warning("%s: the training loss is not finite; try a lower --lr", description)
+        row = train_epoch(optimisation, series, labels_t, settings, rng, f"{description} epoch {epoch}")
+        history.append({"epoch": epoch, **row})
+        log_epoch(description, epoch, settings.epochs, history[-1])
     return pd.DataFrame(history, columns=["epoch", "loss", "train_accuracy", "lr"])
+
+
+@dataclass
+class Optimisation:
+    """What one training step needs besides the batch: model, optimizer, schedule, loss, precision."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loss_fn: nn.Module
+    amp_dtype: torch.dtype | None
+    grad_clip: float
+    device: torch.device
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        settings: TrainSettings,
+        labels: np.ndarray,
+        n_classes: int,
+        steps_per_epoch: int,
+        device: torch.device,
+    ) -> Optimisation:
+        """AdamW (:func:`weight_decay_groups`), one-cycle schedule, class-weighted cross-entropy."""
+        optimizer = torch.optim.AdamW(
+            weight_decay_groups(model, settings.weight_decay),
+            lr=settings.lr,
+            weight_decay=settings.weight_decay,
+        )
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch
+        )
+        amp_dtype = autocast_dtype(device)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        loss_fn = nn.CrossEntropyLoss(weight=class_weights(labels, n_classes).to(device))
+        return cls(model, optimizer, schedule, scaler, loss_fn, amp_dtype, settings.grad_clip, device)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One optimisation step on a batch ``x`` (B, R, L), ``y`` (B,).
+
+        Returns
+        -------
+        loss, logits, lr
+            The batch loss, the logits (B, C) and the learning rate this step used.
+        """
+        optimizer, amp_dtype = self.optimizer, self.amp_dtype
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(
+            self.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ):
+            logits = self.model(x)  # (B, C)
+            loss = self.loss_fn(logits.float(), y)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        lr = optimizer.param_groups[0]["lr"]
+        self.schedule.step()
+        return loss, logits, lr
+
+
+def train_epoch(
+    optimisation: Optimisation,
+    series: list[np.ndarray],
+    labels: torch.Tensor,
+    settings: TrainSettings,
+    rng: np.random.Generator,
+    description: str,
+) -> dict[str, float]:
+    """One pass: a fresh random window of every training scan, in a shuffled order.
+
+    Returns
+    -------
+    dict
+        ``loss`` (mean over the windows), ``train_accuracy``, ``lr`` (of the last step).
+    """
+    from tqdm.auto import tqdm
+
+    optimisation.model.train()
+    n_samples, batch_size = len(series), settings.batch_size
+    order = rng.permutation(n_samples)
+    targets = labels[order]
+    total_loss, correct, last_lr = 0.0, 0, float("nan")
+    steps = -(-n_samples // batch_size)
+    bar = tqdm(
+        range(steps), desc=f"{description}/{settings.epochs}", disable=not sys.stderr.isatty(),
+        leave=False, file=sys.stderr, dynamic_ncols=True,
+    )  # fmt: skip
+    for step in bar:
+        chunk = slice(step * batch_size, (step + 1) * batch_size)
+        # Cut per batch: all windows of an epoch at once would not fit in memory on HCP.
+        windows = random_windows([series[i] for i in order[chunk]], settings.window, rng)
+        x = torch.from_numpy(windows).to(optimisation.device, non_blocking=True)  # (B, R, L)
+        y = targets[chunk].to(optimisation.device)
+        loss, logits, last_lr = optimisation.step(x, y)
+        total_loss += float(loss.detach()) * len(y)
+        correct += int((logits.detach().argmax(dim=1) == y).sum())
+        seen = min(n_samples, (step + 1) * batch_size)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.2f}")
+    bar.close()
+    return {"loss": total_loss / n_samples, "train_accuracy": correct / n_samples, "lr": last_lr}
+
+
+def log_epoch(description: str, epoch: int, epochs: int, row: dict[str, float]) -> None:
+    """Log about five epochs per run at INFO (the others at DEBUG); warn of a non-finite loss."""
+    level = logging.INFO if epoch % max(1, epochs // 5) == 0 or epoch == epochs else logging.DEBUG
+    LOGGER.log(
+        level,
+        "%s epoch %d/%d: loss %.4f, train accuracy %.3f, lr %.2e",
+        description, epoch, epochs, row["loss"], row["train_accuracy"], row["lr"],
+    )  # fmt: skip
+    if not np.isfinite(row["loss"]):
+        LOGGER.warning("%s: the training loss is not finite; try a lower --lr", description)

@@ -18,13 +18,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from neurossm_app.group.baseline import fit_predict_fc_logreg
+from neurossm_app.files import write_json, write_tsv
+from neurossm_app.group.baseline import BASELINES
 from neurossm_app.group.checkpoints import checkpoint_path, save_checkpoint
 from neurossm_app.group.data import NORMALIZATION, GroupDataset
 from neurossm_app.group.evaluate import METRICS, classification_metrics, predict_proba
 from neurossm_app.group.models import build_neurossm
 from neurossm_app.group.presets import GroupSettings
-from neurossm_app.group.train import TrainSettings, seed_everything, train_model, unit_seed
+from neurossm_app.group.train import TrainSettings, reproducible, train_model, unit_seed
 from neurossm_app.provenance import GROUP_PACKAGES, software_versions
 
 LOGGER = logging.getLogger("neurossm_app")
@@ -105,17 +106,9 @@ def run_unit(
     dict
         The completion marker written (``unit.json``).
     """
-    from neurossm_app.files import write_json, write_tsv
-
     started = time.time()
-    folder = unit_dir(run_dir, fold, seed)
-    folder.mkdir(parents=True, exist_ok=True)
     name = f"fold-{fold} seed-{seed}"
-    n_classes = len(dataset.classes)
-    train_series = [dataset.series[i] for i in train]
-    test_series = [dataset.series[i] for i in test]
-    train_labels, test_labels = dataset.labels[train], dataset.labels[test]
-    common = {
+    counts = {
         "fold": fold,
         "seed": seed,
         "n_train_scans": len(train),
@@ -124,15 +117,63 @@ def run_unit(
     }
     LOGGER.info(
         "unit %s: %d training scan(s), %d test scan(s) of %d subject(s)",
-        name,
-        len(train),
-        len(test),
-        common["n_test_subjects"],
+        name, len(train), len(test), counts["n_test_subjects"],
+    )  # fmt: skip
+    model, model_config, history, proba = train_and_test_neurossm(
+        dataset, train, test, settings, unit_seed(seed, fold), device, name
     )
+    probabilities = {"neurossm": proba}
+    trained_s = time.time() - started
+    probabilities |= baseline_probabilities(dataset, train, test, settings.baselines, seed)
+    checkpoint, info = save_unit_checkpoint(run_dir, model, model_config, dataset, settings, fold, seed)
+    metrics = write_unit_tables(unit_dir(run_dir, fold, seed), dataset, test, probabilities, history, counts)
+    marker = {
+        "fold": fold,
+        "seed": seed,
+        "complete": True,
+        "checkpoint": str(checkpoint.relative_to(run_dir)),
+        "checkpoint_sha256": info["sha256"],
+        **unit_provenance(device, trained_s, started),
+    }
+    write_json(unit_dir(run_dir, fold, seed) / MARKER, marker)  # last: marks the unit complete
+    summary = ", ".join(f"{m['model']} accuracy {m['accuracy']:.3f}" for m in metrics)
+    LOGGER.info("unit %s done in %.0f s: %s", name, marker["total_seconds"], summary)
+    return marker
 
-    seed_everything(unit_seed(seed, fold))
+
+def unit_provenance(device: torch.device, neurossm_seconds: float, started: float) -> dict[str, Any]:
+    """Where and how long a unit ran, and with which software (part of ``unit.json``)."""
+    return {
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "neurossm_seconds": round(neurossm_seconds, 2),
+        "total_seconds": round(time.time() - started, 2),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "software": software_versions(GROUP_PACKAGES),
+    }
+
+
+def train_and_test_neurossm(
+    dataset: GroupDataset,
+    train: np.ndarray,
+    test: np.ndarray,
+    settings: GroupSettings,
+    seed: int,
+    device: torch.device,
+    description: str,
+) -> tuple[torch.nn.Module, dict[str, Any], pd.DataFrame, np.ndarray]:
+    """A fresh NeuroSSM trained on ``train`` and tested on ``test``, reproducibly from ``seed``.
+
+    Returns
+    -------
+    model, model_config
+        The trained model and its ``NeuroSSMConfig`` dictionary.
+    history : pandas.DataFrame
+        :func:`~neurossm_app.group.train.train_model`'s table.
+    proba : numpy.ndarray, (N_test, C)
+    """
+    n_classes = len(dataset.classes)
     config = {"n_rois": len(dataset.roi_names), "n_classes": n_classes, **settings.model_fields()}
-    model, model_config = build_neurossm(config)
     train_settings = TrainSettings(
         window=settings.dynamic_length,
         epochs=settings.epochs,
@@ -140,55 +181,81 @@ def run_unit(
         lr=settings.lr,
         weight_decay=settings.weight_decay,
     )
-    history = train_model(
-        model, train_series, train_labels, n_classes, train_settings, unit_seed(seed, fold) + 1, device, name
-    )
-    proba = predict_proba(model, test_series, device, settings.batch_size)
-    metrics = [{"model": "neurossm", **common, **classification_metrics(test_labels, proba)}]
-    predictions = [predictions_frame(dataset, test, proba, "neurossm", fold, seed)]
-    trained_s = time.time() - started
+    with reproducible(seed):
+        model, model_config = build_neurossm(config)
+        history = train_model(
+            model, [dataset.series[i] for i in train], dataset.labels[train], n_classes, train_settings,
+            seed + 1, device, description,
+        )  # fmt: skip
+        proba = predict_proba(model, [dataset.series[i] for i in test], device, settings.batch_size)
+    return model, model_config, history, proba
 
-    for baseline in settings.baselines:
-        # Only fc-logreg exists; settings were checked against KNOWN_BASELINES.
-        base_proba = fit_predict_fc_logreg(train_series, train_labels, test_series, n_classes, seed)
-        metrics.append({"model": baseline, **common, **classification_metrics(test_labels, base_proba)})
-        predictions.append(predictions_frame(dataset, test, base_proba, baseline, fold, seed))
 
+def baseline_probabilities(
+    dataset: GroupDataset, train: np.ndarray, test: np.ndarray, baselines: tuple[str, ...], seed: int
+) -> dict[str, np.ndarray]:
+    """Each baseline of :data:`~neurossm_app.group.baseline.BASELINES` fitted on ``train``.
+
+    Returns
+    -------
+    dict
+        Baseline name -> test-scan probabilities, (N_test, C).
+    """
+    train_series = [dataset.series[i] for i in train]
+    test_series = [dataset.series[i] for i in test]
+    return {
+        name: BASELINES[name](train_series, dataset.labels[train], test_series, len(dataset.classes), seed)
+        for name in baselines
+    }
+
+
+def save_unit_checkpoint(
+    run_dir: Path,
+    model: torch.nn.Module,
+    model_config: dict[str, Any],
+    dataset: GroupDataset,
+    settings: GroupSettings,
+    fold: int,
+    seed: int,
+) -> tuple[Path, dict[str, Any]]:
+    """``RUN_DIR/checkpoints/model-neurossm_fold-K_seed-S``: weights and what they were trained on."""
     checkpoint = checkpoint_path(run_dir, fold, seed)
-    info = save_checkpoint(
-        checkpoint,
-        model.cpu(),
-        {
-            "model": "neurossm",
-            "config": model_config,
-            "classes": list(dataset.classes),
-            "target": settings.target,
-            "atlas": dataset.atlas_label,
-            "roi_names": list(dataset.roi_names),
-            "normalization": NORMALIZATION,
-            "dynamic_length": settings.dynamic_length,
-            "fold": fold,
-            "seed": seed,
-            "run_name": settings.run_name,
-        },
-    )
+    description = {
+        "model": "neurossm",
+        "config": model_config,
+        "classes": list(dataset.classes),
+        "target": settings.target,
+        "atlas": dataset.atlas_label,
+        "roi_names": list(dataset.roi_names),
+        "normalization": NORMALIZATION,
+        "dynamic_length": settings.dynamic_length,
+        "fold": fold,
+        "seed": seed,
+        "run_name": settings.run_name,
+    }
+    return checkpoint, save_checkpoint(checkpoint, model.cpu(), description)
+
+
+def write_unit_tables(
+    folder: Path,
+    dataset: GroupDataset,
+    test: np.ndarray,
+    probabilities: dict[str, np.ndarray],
+    history: pd.DataFrame,
+    counts: dict[str, int],
+) -> list[dict[str, Any]]:
+    """``history.tsv``, ``metrics.tsv`` and ``predictions.tsv`` of a unit; returns the metric rows."""
+    fold, seed = counts["fold"], counts["seed"]
+    test_labels = dataset.labels[test]
+    metrics = [
+        {"model": model, **counts, **classification_metrics(test_labels, proba)}
+        for model, proba in probabilities.items()
+    ]
+    predictions = [
+        predictions_frame(dataset, test, proba, model, fold, seed) for model, proba in probabilities.items()
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
     write_tsv(folder / "history.tsv", history)
     write_tsv(folder / "metrics.tsv", pd.DataFrame(metrics, columns=list(METRIC_COLUMNS)))
     write_tsv(folder / "predictions.tsv", pd.concat(predictions, ignore_index=True))
-    marker = {
-        "fold": fold,
-        "seed": seed,
-        "complete": True,
-        "checkpoint": str(checkpoint.relative_to(run_dir)),
-        "checkpoint_sha256": info["sha256"],
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "neurossm_seconds": round(trained_s, 2),
-        "total_seconds": round(time.time() - started, 2),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "software": software_versions(GROUP_PACKAGES),
-    }
-    write_json(folder / MARKER, marker)  # last: marks the unit complete
-    summary = ", ".join(f"{m['model']} accuracy {m['accuracy']:.3f}" for m in metrics)
-    LOGGER.info("unit %s done in %.0f s: %s", name, marker["total_seconds"], summary)
-    return marker
+    return metrics

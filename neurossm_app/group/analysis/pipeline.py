@@ -1,0 +1,182 @@
+"""The ``--analysis`` step from trained units to maps and scores, top-down."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from neurossm_app.atlases import ATLASES
+from neurossm_app.files import write_json
+from neurossm_app.group.analysis.class_means import ClassMean, class_means, warn_classes_without_mean
+from neurossm_app.group.analysis.cpa_cache import held_out_cpa
+from neurossm_app.group.analysis.options import AnalysisOptions
+from neurossm_app.group.analysis.references import ClassTerms, open_class_terms, reference_vectors
+from neurossm_app.group.analysis.scoring import reference_score
+from neurossm_app.group.analysis.writers import (
+    write_class_means,
+    write_cpa_maps,
+    write_reference_maps,
+    write_roi_table,
+    write_scores,
+)
+from neurossm_app.group.data import GroupDataset
+from neurossm_app.group.maps import AtlasGrid
+from neurossm_app.group.presets import GroupSettings
+from neurossm_app.provenance import GROUP_PACKAGES, software_versions
+
+LOGGER = logging.getLogger("neurossm_app")
+
+
+def run_cpa_analysis(
+    run_dir: Path,
+    settings: GroupSettings,
+    dataset: GroupDataset,
+    splits: pd.DataFrame,
+    options: AnalysisOptions,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """CPA of every complete unit's held-out scans, class maps and Neurosynth reference scores.
+
+    Parameters
+    ----------
+    run_dir : Path
+        ``OUTPUT_DIR/group/<run-name>`` after training (units with ``unit.json``).
+    settings : GroupSettings
+    dataset : GroupDataset
+        As loaded for training (normalized series, labels, ROI names).
+    splits : pandas.DataFrame
+        ``splits.tsv`` of the run.
+    options : AnalysisOptions
+    device : torch.device or str
+
+    Returns
+    -------
+    dict
+        The content of ``cpa/analysis.json``.
+
+    Raises
+    ------
+    InputMissingError
+        Neurosynth data missing offline (66), atlas missing.
+    DataError
+        A class term not in the Neurosynth vocabulary (65), checkpoints that do not match.
+    """
+    from neurossm_app.atlases import get_atlas
+
+    # Everything that can fail for want of an input is checked before the CPA work.
+    class_terms = open_class_terms(settings, dataset.classes, options)
+    grid = AtlasGrid.load(get_atlas(settings.atlas, options.atlas_dir), dataset.roi_names)
+    records, incomplete = held_out_cpa(run_dir, settings, dataset, splits, torch.device(device))
+    means = class_means(records, len(dataset.classes), options.cpa_subjects)
+    warn_classes_without_mean(dataset.classes, means, options.cpa_subjects)
+    atlas_label = ATLASES[settings.atlas].bids_label
+    cpa_dir, maps_dir = run_dir / "cpa", run_dir / "maps"
+    pathway_names = records[0]["pathway_names"]
+    write_class_means(cpa_dir, atlas_label, dataset.classes, means, pathway_names, dataset.roi_names)
+    references, reference_info = reference_vectors(class_terms, dataset.classes, means, grid, run_dir)
+    results = ClassResults(
+        dataset.classes, dataset.roi_names, pathway_names, means, class_terms, references, reference_info
+    )
+    rows = [
+        write_class(results, label, maps_dir, atlas_label, grid, options)
+        for label in range(len(dataset.classes))
+    ]
+    write_scores(maps_dir, atlas_label, rows)
+    summary = {
+        **analysis_summary(results, options),
+        "n_scan_records": len(records),
+        "incomplete_units": incomplete,
+        "atlas": {"key": settings.atlas, "label": atlas_label, "image": str(grid.image_path)},
+        "software": software_versions(GROUP_PACKAGES),
+    }
+    write_json(cpa_dir / "analysis.json", summary)
+    LOGGER.info("CPA in %s, maps and reference scores in %s", cpa_dir, maps_dir)
+    return summary
+
+
+@dataclass(frozen=True)
+class ClassResults:
+    """What the analysis knows about every class once the CPA and the references are in.
+
+    Attributes
+    ----------
+    classes, roi_names, pathway_names : tuple of str
+    means : dict
+        Class index -> :class:`~.class_means.ClassMean` (classes with a selected held-out scan).
+    terms : ClassTerms
+    references, reference_info : dict
+        Class index -> (R,) reference vector / its term map's sidecar (classes with a term and a
+        class mean).
+    """
+
+    classes: tuple[str, ...]
+    roi_names: tuple[str, ...]
+    pathway_names: tuple[str, ...]
+    means: dict[int, ClassMean]
+    terms: ClassTerms
+    references: dict[int, np.ndarray]
+    reference_info: dict[int, dict[str, Any]]
+
+
+def write_class(
+    results: ClassResults,
+    label: int,
+    maps_dir: Path,
+    atlas_label: str,
+    grid: AtlasGrid,
+    options: AnalysisOptions,
+) -> dict[str, Any]:
+    """The maps and ROI table of one class, and its row of the scores table."""
+    name, mean = results.classes[label], results.means.get(label)
+    row: dict[str, Any] = {
+        "class": name,
+        "term": results.terms.terms.get(name),
+        "n_subjects": mean.n_subjects if mean else 0,
+        "n_scans": mean.n_scans if mean else 0,
+    }
+    if mean is None:
+        return row
+    write_cpa_maps(maps_dir, atlas_label, name, mean, results.pathway_names, grid, options.cpa_subjects)
+    reference = results.references.get(label)
+    if reference is not None:
+        info = results.reference_info[label]
+        row["n_studies_term"] = info["n_studies_term"]
+        row |= reference_score(
+            label, results.means, results.references, options.n_permutations, options.permutation_seed
+        )
+        write_reference_maps(maps_dir, atlas_label, name, reference, info, grid)
+        LOGGER.info(
+            "class %s (term %r): partial r %.3f (p %.4f), Dice of the top 25%% %.3f, %d subject(s)",
+            name, row["term"], row["partial_r"], row["permutation_p"], row["dice_top25"], row["n_subjects"],
+        )  # fmt: skip
+    write_roi_table(maps_dir, atlas_label, name, results.roi_names, mean, reference, results.pathway_names)
+    return row
+
+
+def analysis_summary(results: ClassResults, options: AnalysisOptions) -> dict[str, Any]:
+    """The options, terms, pathways and per-class counts and weights of ``cpa/analysis.json``."""
+    classes = {}
+    for k, name in enumerate(results.classes):
+        mean = results.means.get(k)
+        classes[name] = {
+            "n_subjects": mean.n_subjects if mean else 0,
+            "n_scans": mean.n_scans if mean else 0,
+            "weights": dict(zip(results.pathway_names, np.round(mean.weights, 6).tolist(), strict=True))
+            if mean
+            else None,
+            "neurosynth": results.reference_info.get(k),
+        }
+    return {
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
+        "target_class": "the true class of each scan (its logit is explained)",
+        "class_terms": results.terms.terms,
+        "class_terms_source": results.terms.source,
+        "pathways": list(results.pathway_names),
+        "classes": classes,
+    }
