@@ -230,12 +230,206 @@ class _Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_restricted_unpickler_refuses_code_even_with_allow_pickle(tmp_path, capsys):
-    marker = tmp_path / "pwned"
-    (tmp_path / "evil.pickle").write_bytes(pickle.dumps([_Exploit(marker)]))
-    assert main(["ppmi", str(tmp_path / "evil.pickle"), str(tmp_path / "out"), "--allow-pickle"]) == 65
-    assert "system" in _error_line(capsys)
-    assert not marker.exists()
+# Hand-assembled pickles: pickle.dumps writes a function under its own module and name, an
+# attacker writes whatever names the loader resolves (protocol 4 follows dots in a name).
+def _global(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"  # GLOBAL
+
+
+def _text(value: str) -> bytes:
+    data = value.encode()
+    return b"X" + len(data).to_bytes(4, "little") + data  # BINUNICODE
+
+
+def _call(function: bytes, *args: bytes) -> bytes:
+    return function + b"(" + b"".join(args) + b"tR"  # MARK args TUPLE REDUCE
+
+
+def _gadget(name: str, tmp_path: Path, marker: Path) -> bytes:
+    """A pickle (protocol 4) that writes ``marker`` while it loads, through ``name``."""
+    touch = _text(f"touch {marker}")
+    if name == "pandas.DataFrame.to_csv":  # pandas.DataFrame().to_csv(marker)
+        body = _call(
+            _global("pandas", "DataFrame.to_csv"), _call(_global("pandas", "DataFrame")), _text(str(marker))
+        )
+    elif name == "pandas.core.generic.NDFrame.to_csv":  # the same method under pickle's own spelling
+        body = _call(
+            _global("pandas.core.generic", "NDFrame.to_csv"),
+            _call(_global("pandas.core.frame", "DataFrame")),
+            _text(str(marker)),
+        )
+    elif name == "builtins.getattr":  # getattr(__import__("os"), "system")("touch marker")
+        os_module = _call(_global("builtins", "__import__"), _text("os"))
+        body = _call(_call(_global("builtins", "getattr"), os_module, _text("system")), touch)
+    elif name == "numpy.load":  # numpy.load(inner, None, True): an unrestricted unpickling
+        inner = tmp_path / "inner.npy"
+        np.save(inner, np.array([_Exploit(marker)], dtype=object), allow_pickle=True)
+        body = _call(_global("numpy", "load"), _text(str(inner)), b"N", b"\x88")
+    elif name == "pandas.read_pickle":
+        inner = tmp_path / "inner.pkl"
+        inner.write_bytes(pickle.dumps(_Exploit(marker)))
+        body = _call(_global("pandas", "read_pickle"), _text(str(inner)))
+    elif name == "os.system":
+        body = _call(_global("os", "system"), touch)
+    else:  # pickle.dumps's own spelling of os.system
+        return pickle.dumps([_Exploit(marker)])
+    return b"\x80\x04" + body + b"."
+
+
+GADGETS = [
+    "pandas.DataFrame.to_csv",
+    "pandas.core.generic.NDFrame.to_csv",
+    "builtins.getattr",
+    "numpy.load",
+    "pandas.read_pickle",
+    "os.system",
+    "posix.system",
+]
+
+
+@pytest.mark.parametrize("container", [".pickle", ".npy"])
+@pytest.mark.parametrize("gadget", GADGETS)
+def test_restricted_unpickler_refuses_code_even_with_allow_pickle(tmp_path, capsys, gadget, container):
+    marker = tmp_path / "written-by-the-pickle"
+    data = _gadget(gadget, tmp_path, marker)
+    pickle.loads(data)  # the gadget works: an unrestricted unpickler writes the file
+    assert marker.exists()
+    marker.unlink()
+
+    path = tmp_path / f"evil{container}"
+    with path.open("wb") as stream:
+        if container == ".npy":  # an object array whose pickled body is the gadget
+            np.lib.format.write_array_header_1_0(
+                stream, {"descr": "|O", "fortran_order": False, "shape": (1,)}
+            )
+        stream.write(data)
+    out = tmp_path / "out"
+    assert main(["ppmi", str(path), str(out), "--allow-pickle"]) == 65
+    line = _error_line(capsys)
+    assert f"asks for {gadget} while loading" in line and "re-save the data" in line
+    assert not marker.exists() and not out.exists()
+
+
+def _dtype_frame() -> pd.DataFrame:
+    """One column per dtype a phenotype or records table may hold; rows 0 and 2 (an integer index)."""
+    rng = np.random.default_rng(11)
+    frame = pd.DataFrame(
+        {
+            "float": [0.5, np.nan, 2.5],
+            "int": np.array([1, 2, 3], dtype=np.int16),
+            "text": ["PD", "Control", "PD"],
+            "series": [_series(rng, 3, 5), _series(rng, 3, 6), _series(rng, 3, 7)],
+            "category": pd.Categorical(["M", "F", "M"]),
+            "flag": [True, False, True],
+            "date": pd.to_datetime(["2020-01-01", "2021-06-30", None]),
+            "duration": pd.to_timedelta([1, 2, 3], unit="s"),
+            "nullable_int": pd.array([1, None, 3], dtype="Int64"),
+            "nullable_float": pd.array([0.5, None, 1.5], dtype="Float64"),
+            "nullable_bool": pd.array([True, None, False], dtype="boolean"),
+            "string": pd.array(["a", None, "c"], dtype="string"),
+        }
+    )
+    return frame.iloc[[0, 2]]
+
+
+def _roundtrip_objects() -> dict[str, object]:
+    from collections import OrderedDict, defaultdict
+
+    rng = np.random.default_rng(12)
+    frame = _dtype_frame()
+    by_subject = defaultdict(list)
+    by_subject["sub-01"].append(_series(rng, 4, 9))
+    return {
+        "frame": frame,
+        "multiindex": frame.set_index(["text", "int"]),
+        "categorical_index": frame.set_index("category"),
+        "date_index": frame.set_index("date"),
+        "series": pd.Series([1.5, 2.5], index=["r1", "r2"], name="x"),
+        "records": [
+            {
+                "subject_id": "PPMI_3001",
+                "timeseries": _series(rng, 5, 8),
+                "group": "PD",
+                "age": np.float64(61),
+            },
+            {"subject_id": b"PPMI_3002", "ts": np.asfortranarray(_series(rng, 5, 9)), "visit": (1, 2j)},
+        ],
+        "arrays": {
+            "int": np.arange(7, dtype=np.int32),
+            "text": np.array(["a", "bc"]),
+            "dates": np.array(["2020-01-01"], dtype="datetime64[D]"),
+            "scalar": np.int64(3),
+            "sets": [{1, 2}, frozenset({3}), bytearray(b"x"), range(2), slice(1, 2)],
+        },
+        "defaultdict": by_subject,
+        "ordered": OrderedDict(b=_series(rng, 2, 3), a=pd.Series([1, 2])),
+    }
+
+
+def _assert_same(left, right) -> None:
+    assert type(left) is type(right)
+    if isinstance(left, pd.DataFrame):
+        pd.testing.assert_frame_equal(left, right)
+    elif isinstance(left, pd.Series):
+        pd.testing.assert_series_equal(left, right)
+    elif isinstance(left, np.ndarray):
+        np.testing.assert_array_equal(left, right)
+        assert left.dtype == right.dtype
+    elif isinstance(left, dict):
+        assert list(left) == list(right)
+        for key in left:
+            _assert_same(left[key], right[key])
+    elif isinstance(left, list | tuple):
+        assert len(left) == len(right)
+        for a, b in zip(left, right, strict=True):
+            _assert_same(a, b)
+    else:
+        assert left == right
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_restricted_unpickler_rebuilds_numpy_and_pandas_data(tmp_path, protocol):
+    from neurossm_app.legacy.load import read_input
+
+    for name, value in _roundtrip_objects().items():
+        path = tmp_path / f"{name}.pickle"
+        path.write_bytes(pickle.dumps(value, protocol=protocol))
+        _assert_same(read_input(path, allow_pickle=True), value)
+        array = np.empty(1, dtype=object)
+        array[0] = value
+        np.save(tmp_path / f"{name}.npy", array, allow_pickle=True)
+        _assert_same(read_input(tmp_path / f"{name}.npy", allow_pickle=True)[0], value)
+
+
+@pytest.mark.filterwarnings("ignore:numpy.core:DeprecationWarning")
+def test_allowed_globals_are_exact_names_of_classes_and_reconstructors():
+    """No dotted name, and nothing callable but classes and the reconstructors pickles name."""
+    import importlib
+
+    from neurossm_app.legacy.load import ALLOWED_GLOBALS
+
+    reconstructors = {
+        "_reconstruct",
+        "scalar",
+        "_frombuffer",
+        "encode",
+        "_new_Index",
+        "_new_DatetimeIndex",
+        "_unpickle_block",
+        "__pyx_unpickle_NDArrayBacked",
+        "_unpickle_timestamp",
+        "_timedelta_unpickle",
+        "_nat_unpickle",
+        "__nat_unpickle",
+        "new_block",
+    }
+    for module, name in ALLOWED_GLOBALS:
+        assert "." not in name, (module, name)
+        try:
+            found = getattr(importlib.import_module(module.replace("__builtin__", "builtins")), name)
+        except (ImportError, AttributeError):
+            continue  # a place that older or newer numpy/pandas use
+        assert isinstance(found, type) or found is pd.NA or name in reconstructors, (module, name)
 
 
 # --- malformed inputs ------------------------------------------------------------------------

@@ -3,8 +3,12 @@
 The container's non-root ``USER`` is checked statically by
 ``tests/test_containers.py::test_runs_as_non_root_user`` (not repeated here), and the legacy
 importer's ``--allow-pickle`` path (a restricted unpickler, refused without the flag) by
-``tests/test_legacy.py::test_pickle_and_object_arrays_need_allow_pickle`` and
-``test_restricted_unpickler_refuses_code_even_with_allow_pickle``.
+``tests/test_legacy.py::test_pickle_and_object_arrays_need_allow_pickle``,
+``test_restricted_unpickler_refuses_code_even_with_allow_pickle`` (the gadgets: ``DataFrame.to_csv``
+under a dotted name, ``builtins.getattr`` chains, ``numpy.load``, ``pandas.read_pickle``,
+``os.system``, each shown to work unrestricted and refused through the CLI without running),
+``test_restricted_unpickler_rebuilds_numpy_and_pandas_data`` and
+``test_allowed_globals_are_exact_names_of_classes_and_reconstructors``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,17 @@
 """Reading the original code's files: ``.npy`` (numeric or object arrays), ``.npz`` and pickles.
 
 Numeric ``.npy`` files are memory-mapped and never unpickled. Object arrays and pickles run code
-while they load (a pickle names functions that the loader calls), so they are read only with
-``allow_pickle=True`` (``--allow-pickle``), and even then through :class:`RestrictedUnpickler`,
-which builds numpy arrays and scalars, Python containers and pandas tables but refuses any other
-function or class a file asks for.
+while they load (a pickle names functions and classes that the loader looks up and calls), so they
+are read only with ``allow_pickle=True`` (``--allow-pickle``), and even then through
+:class:`RestrictedUnpickler`. It looks up only the exact ``(module, name)`` pairs in
+:data:`ALLOWED_GLOBALS`: the classes and reconstructors that numpy (1.x and 2.x) and pandas (1.5 to
+3.x) write for arrays, scalars, data frames, series, their indexes and column types (numeric,
+string and object, categorical, nullable integer, float and boolean, datetime and timedelta
+without time zone), plus Python's own data types (``set``, ``bytes`` under protocol 2,
+``OrderedDict``, ``defaultdict``, ``datetime``). A name with a dot (protocol 4 resolves
+``pandas`` + ``DataFrame.to_csv`` to a method) and every other module or function, among them
+``builtins.getattr``, ``os.system``, ``numpy.load`` and ``pandas.read_pickle``, are refused before
+anything is looked up.
 """
 
 from __future__ import annotations
@@ -22,20 +29,86 @@ PICKLE_SUFFIXES = (".pickle", ".pkl", ".pck")
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
 
-# What a pickle of numpy arrays, Python containers and pandas tables needs, and nothing else.
-_NUMPY_MODULES = (
-    "numpy",
-    "numpy.core.multiarray",
-    "numpy._core.multiarray",
-    "numpy.core.numeric",
-    "numpy._core.numeric",
+# pandas classes by name: (where pandas 3 pickles them, where pandas 1.5-2.x pickles them).
+_PANDAS_CLASSES = {
+    "DataFrame": ("pandas", "pandas.core.frame"),
+    "Series": ("pandas", "pandas.core.series"),
+    "Index": ("pandas", "pandas.core.indexes.base"),
+    "RangeIndex": ("pandas", "pandas.core.indexes.range"),
+    "MultiIndex": ("pandas", "pandas.core.indexes.multi"),
+    "CategoricalIndex": ("pandas", "pandas.core.indexes.category"),
+    "DatetimeIndex": ("pandas", "pandas.core.indexes.datetimes"),
+    "Categorical": ("pandas", "pandas.core.arrays.categorical"),
+    "CategoricalDtype": ("pandas", "pandas.core.dtypes.dtypes"),
+    "StringArray": ("pandas.arrays", "pandas.core.arrays.string_"),
+    "StringDtype": ("pandas", "pandas.core.arrays.string_"),
+    "DatetimeArray": ("pandas.arrays", "pandas.core.arrays.datetimes"),
+    "TimedeltaArray": ("pandas.arrays", "pandas.core.arrays.timedeltas"),
+    "BooleanArray": ("pandas.arrays", "pandas.core.arrays.boolean"),
+    "BooleanDtype": ("pandas", "pandas.core.arrays.boolean"),
+    "IntegerArray": ("pandas.arrays", "pandas.core.arrays.integer"),
+    "FloatingArray": ("pandas.arrays", "pandas.core.arrays.floating"),
+    "Float32Dtype": ("pandas", "pandas.core.arrays.floating"),
+    "Float64Dtype": ("pandas", "pandas.core.arrays.floating"),
+    **{
+        f"{kind}{bits}Dtype": ("pandas", "pandas.core.arrays.integer")
+        for kind in ("Int", "UInt")
+        for bits in (8, 16, 32, 64)
+    },
+    "NA": ("pandas", "pandas._libs.missing"),  # the missing-value singleton, not a class
+}
+
+#: Every global a pickle may name: exact (module, name) pairs, never a dotted name.
+ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
+    {
+        # numpy arrays, dtypes and scalars (numpy 1.x pickles numpy.core, numpy 2 numpy._core)
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        *(
+            (f"numpy.{core}.multiarray", name)
+            for core in ("core", "_core")
+            for name in ("_reconstruct", "scalar")
+        ),
+        *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
+        # Python data types pickled by name (protocol 2 says __builtin__, and _codecs.encode for bytes)
+        *(
+            (builtins, name)
+            for builtins in ("builtins", "__builtin__")
+            for name in ("list", "dict", "set", "frozenset", "slice", "range", "complex", "bytearray")
+        ),
+        ("__builtin__", "xrange"),  # range, as protocol 2 writes it
+        ("_codecs", "encode"),
+        ("collections", "OrderedDict"),
+        ("collections", "defaultdict"),
+        ("datetime", "date"),
+        ("datetime", "datetime"),
+        ("datetime", "timedelta"),
+        # pandas frames, series and indexes, their column arrays and dtypes
+        *((module, name) for name, modules in _PANDAS_CLASSES.items() for module in modules),
+        ("pandas.core.indexes.base", "_new_Index"),
+        ("pandas.core.indexes.datetimes", "_new_DatetimeIndex"),
+        ("pandas.core.internals.managers", "BlockManager"),
+        ("pandas.core.internals.managers", "SingleBlockManager"),
+        ("pandas._libs.internals", "_unpickle_block"),
+        ("pandas._libs.arrays", "__pyx_unpickle_NDArrayBacked"),
+        ("pandas._libs.tslibs.timestamps", "_unpickle_timestamp"),
+        ("pandas._libs.tslibs.timedeltas", "_timedelta_unpickle"),
+        ("pandas._libs.tslibs.nattype", "_nat_unpickle"),
+        ("pandas._libs.tslibs.nattype", "__nat_unpickle"),
+        # pandas < 2 names that later pandas moved (as pandas.compat.pickle_compat maps them)
+        ("pandas.core.internals.blocks", "new_block"),
+        *(("pandas.core.indexes.numeric", name) for name in ("Int64Index", "UInt64Index", "Float64Index")),
+    }
 )
-_NUMPY_NAMES = {"_reconstruct", "scalar", "ndarray", "dtype", "_frombuffer"}
-_BUILTINS = {"list", "dict", "tuple", "set", "frozenset", "complex", "bytearray", "slice", "range"}
-_OTHER = {("collections", "OrderedDict"), ("collections", "defaultdict"), ("_codecs", "encode")}
-# pandas reconstructs frames from its internals; its I/O and expression evaluation stay out.
-_PANDAS_PREFIXES = ("pandas.core.", "pandas._libs.")
-_PANDAS_EXCLUDED = ("pandas.core.computation", "pandas.io")
+# Where an allowed global lives when its old place is gone from the installed numpy/pandas.
+_MOVED = {
+    ("pandas.core.internals.blocks", "new_block"): ("pandas._libs.internals", "_unpickle_block"),
+    ("pandas._libs.tslibs.nattype", "__nat_unpickle"): ("pandas._libs.tslibs.nattype", "_nat_unpickle"),
+    **{
+        ("pandas.core.indexes.numeric", name): ("pandas.core.indexes.base", "Index")
+        for name in ("Int64Index", "UInt64Index", "Float64Index")
+    },
+}
 
 
 def pickle_hint(path: Path) -> str:
@@ -46,33 +119,38 @@ def pickle_hint(path: Path) -> str:
     )
 
 
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle named a global outside :data:`ALLOWED_GLOBALS`; nothing was looked up."""
+
+    def __init__(self, module: str, name: str):
+        super().__init__(f"{module}.{name} is not a data type neurossm-app-import builds")
+        self.qualified_name = f"{module}.{name}"
+
+
 class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that only builds numpy arrays/scalars, builtin containers and pandas tables."""
+    """An unpickler that looks up only the exact (module, name) pairs of :data:`ALLOWED_GLOBALS`."""
 
     def find_class(self, module: str, name: str) -> Any:
-        allowed = (
-            (module in _NUMPY_MODULES and name in _NUMPY_NAMES)
-            or (module.startswith("numpy.dtypes") and name.endswith("DType"))
-            or (module in ("builtins", "__builtin__") and name in _BUILTINS)
-            or (module, name) in _OTHER
-            or (module in ("pandas", "pandas.arrays") and name[:1].isupper())  # classes, not functions
-            or (module.startswith(_PANDAS_PREFIXES) and not module.startswith(_PANDAS_EXCLUDED))
-        )
-        if not allowed:
-            raise pickle.UnpicklingError(f"{module}.{name} is not a data type neurossm-app-import builds")
-        return super().find_class(module, name)
+        if (module, name) not in ALLOWED_GLOBALS:
+            raise RefusedGlobal(module, name)
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            if (module, name) not in _MOVED:
+                raise
+            return super().find_class(*_MOVED[module, name])
 
 
 def _unpickle(stream: io.BufferedIOBase, path: Path) -> Any:
     try:
         return RestrictedUnpickler(stream).load()
+    except RefusedGlobal as err:
+        raise DataError(
+            f"{path} asks for {err.qualified_name} while loading, which neurossm-app-import does not "
+            "run or build (only numpy arrays, Python containers and pandas tables): re-save the data "
+            "as those (see docs/legacy.md)."
+        ) from None
     except pickle.UnpicklingError as err:
-        if "neurossm-app-import" in str(err):
-            raise DataError(
-                f"{path} asks to run {str(err).split(' is not')[0]} while loading; "
-                "only numpy arrays, lists, dicts and pandas tables are read: re-save the data as those "
-                "(see docs/legacy.md)."
-            ) from None
         raise DataError(f"{path} is not a readable pickle ({err}); check the file.") from None
     except (EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError, KeyError) as err:
         raise DataError(
