@@ -27,8 +27,7 @@ def _seconds(value: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """Every option of ``neurossm-app-import``."""
-    from neurossm_app.atlases import ATLASES
-    from neurossm_app.legacy.convert import DEFAULT_ATLAS, DEFAULT_TR, LAYOUTS, PRESETS
+    from neurossm_app.legacy.convert import PRESETS
 
     parser = BidsAppParser(
         prog=PROG,
@@ -55,8 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more logging; tracebacks on errors"
     )
+    _add_label_options(parser.add_argument_group("Labels and subjects"))
+    _add_reading_options(parser.add_argument_group("Reading the file"))
+    _add_output_options(parser.add_argument_group("Outputs"))
+    return parser
 
-    labels = parser.add_argument_group("Labels and subjects")
+
+def _add_label_options(labels: argparse._ArgumentGroup) -> None:
     labels.add_argument(
         "--pheno",
         type=abs_path,
@@ -87,7 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(n/a: no label; such hcp-task scans are left out)",
     )
 
-    reading = parser.add_argument_group("Reading the file")
+
+def _add_reading_options(reading: argparse._ArgumentGroup) -> None:
+    from neurossm_app.atlases import ATLASES
+    from neurossm_app.legacy.convert import DEFAULT_ATLAS, LAYOUTS
+
     reading.add_argument(
         "--allow-pickle",
         action="store_true",
@@ -109,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
         "axis only; roi-time or time-roi force one",
     )
 
-    out = parser.add_argument_group("Outputs")
+
+def _add_output_options(out: argparse._ArgumentGroup) -> None:
+    from neurossm_app.legacy.convert import DEFAULT_TR
+
     out.add_argument(
         "--tr",
         type=_seconds,
@@ -132,7 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument(
         "--dry-run", action="store_true", help="read and check everything, report, write nothing"
     )
-    return parser
 
 
 def settings_from_options(opts: argparse.Namespace):

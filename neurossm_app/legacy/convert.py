@@ -243,88 +243,11 @@ def plan_import(settings: ImportSettings) -> ImportPlan:
     samples, structure = collect_samples(read_input(source, settings.allow_pickle), source)
     if settings.sample_table is not None:
         _apply_sample_table(samples, settings.sample_table)
-    pheno = read_pheno(settings.pheno) if settings.pheno is not None else None
-    kind = TARGET[settings.preset]
-    if settings.release_filter and (pheno is None or "release" not in pheno.columns):
-        raise UsageError(
-            "--release-filter needs --pheno with a Release column (HCP_1200/Preprocessed/pheno.csv)."
-        )
-    label_from_pheno = pheno is not None and kind in pheno.columns
-
-    scans: list[Scan] = []
-    labels: dict[str, dict[str, str]] = defaultdict(dict)
-    not_in_pheno: list[str] = []
-    source_ids: dict[str, str] = {}
-    skipped: Counter = Counter()
-    for sample in samples:
-        if sample.subject is None:
-            raise DataError(
-                f"{source} {sample.where} has no subject identifier; pass --sample-table FILE "
-                "(one row per sample in array order, with a subject column)."
-            )
-        subject = subject_label(sample.subject, f"{source} {sample.where}")
-        source_id = (value_text(sample.subject) or "").removeprefix("sub-")
-        if source_ids.setdefault(subject, source_id) != source_id:
-            raise DataError(
-                f"{source}: subjects {source_ids[subject]!r} and {source_id!r} would both become "
-                f"sub-{subject}; make the identifiers differ in letters or digits."
-            )
-        row = None
-        if pheno is not None:
-            if subject in pheno.index:
-                row = pheno.loc[subject]
-            else:
-                not_in_pheno.append(source_id)
-        if row is not None and settings.release_filter:
-            if str(row.get("release", "")).lower() not in {r.lower() for r in settings.release_filter}:
-                skipped["release not in --release-filter"] += 1
-                continue
-        task = "rest"
-        if kind == "task":
-            raw = _labels_of(sample, "task")
-            if raw is None:
-                raise _no_label(kind, source, sample)
-            task = recode("task", raw, settings.label_map)
-            if task is None:
-                raise unknown_value("task", raw, f"{source} {sample.where}")
-            if task == MISSING:
-                skipped["task n/a"] += 1
-                continue
-        else:
-            raw = row[kind] if label_from_pheno and row is not None else _labels_of(sample, kind)
-            if raw is None and not label_from_pheno:
-                raise _no_label(kind, source, sample)
-            where = (
-                f"--pheno {settings.pheno} (subject {source_id})"
-                if label_from_pheno
-                else f"{source} {sample.where}"
-            )
-            value = recode(kind, raw, settings.label_map)
-            if value is None:
-                raise unknown_value(kind, raw, where)
-            if labels[subject].setdefault(kind, value) != value:
-                raise DataError(
-                    f"{source}: subject {source_id} has two {kind} values "
-                    f"({labels[subject][kind]}, {value}); fix the records."
-                )
-        extra_sex = row["sex"] if row is not None and "sex" in row else sample.fields.get("sex")
-        if kind != "sex" and extra_sex is not None:
-            labels[subject].setdefault("sex", recode("sex", extra_sex, settings.label_map) or MISSING)
-        if row is not None and "release" in row:
-            labels[subject]["release"] = row["release"] or MISSING
-        scan = Scan(sample, subject, source_id, task)
-        scan.repetition_time, scan.tr_source = _repetition_time(settings, sample, source)
-        scans.append(scan)
-
-    needs_pheno = label_from_pheno or settings.release_filter
-    if not_in_pheno and needs_pheno:
-        shown = ", ".join(sorted(set(not_in_pheno))[:5])
-        raise DataError(
-            f"{len(set(not_in_pheno))} subject(s) of {source} are not in --pheno {settings.pheno} "
-            f"(first: {shown}); add them or use the pheno.csv of the same HCP release."
-        )
+    collected = _Labels(settings, read_pheno(settings.pheno) if settings.pheno is not None else None)
+    scans = [scan for sample in samples if (scan := collected.scan_of(sample)) is not None]
+    collected.check_pheno_covers_subjects()
     if not scans:
-        reasons = ", ".join(f"{k}: {v}" for k, v in skipped.items())
+        reasons = ", ".join(f"{k}: {v}" for k, v in collected.skipped.items())
         raise NoFilesSelectedError(f"no scans left in {source} after the filters ({reasons}).")
     _assign_runs(scans, source)
     names = roi_names(settings.atlas)
@@ -334,18 +257,138 @@ def plan_import(settings: ImportSettings) -> ImportPlan:
         series, scan.layout = roi_by_time(scan.sample.series, len(names), settings.layout, where)
         _check_values(scan, series, names)
         if scan.excluded_rois and settings.skip_dead_roi_scans:
-            skipped["all-zero ROIs (--skip-dead-roi-scans)"] += 1
+            collected.skipped["all-zero ROIs (--skip-dead-roi-scans)"] += 1
             continue
         kept.append(scan)
     if not kept:
         raise NoFilesSelectedError(f"no scans of {source} are left after --skip-dead-roi-scans.")
-    subjects = sorted({s.subject for s in kept})
-    participants = pd.DataFrame({"participant_id": [f"sub-{s}" for s in subjects]})
-    for column in ("sex", "group", "release"):
-        if any(column in labels[s] for s in subjects):
-            participants[column] = [labels[s].get(column, MISSING) for s in subjects]
-    participants["source_id"] = [source_ids[s] for s in subjects]
-    return ImportPlan(settings, kept, participants, names, structure, skipped)
+    return ImportPlan(settings, kept, collected.participants(kept), names, structure, collected.skipped)
+
+
+@dataclass
+class _Labels:
+    """Subjects, labels and phenotype rows gathered sample by sample by :func:`plan_import`."""
+
+    settings: ImportSettings
+    pheno: pd.DataFrame | None
+    labels: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
+    source_ids: dict[str, str] = field(default_factory=dict)
+    not_in_pheno: list[str] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.kind = TARGET[self.settings.preset]
+        if self.settings.release_filter and (self.pheno is None or "release" not in self.pheno.columns):
+            raise UsageError(
+                "--release-filter needs --pheno with a Release column (HCP_1200/Preprocessed/pheno.csv)."
+            )
+        self.label_from_pheno = self.pheno is not None and self.kind in self.pheno.columns
+
+    def scan_of(self, sample: Sample) -> Scan | None:
+        """The scan of ``sample`` with its labels recorded, or None when a filter leaves it out."""
+        source = self.settings.input
+        subject, source_id = self._identify(sample)
+        row = self._pheno_row(subject, source_id)
+        if row is not None and self.settings.release_filter:
+            if str(row.get("release", "")).lower() not in {r.lower() for r in self.settings.release_filter}:
+                self.skipped["release not in --release-filter"] += 1
+                return None
+        task = "rest"
+        if self.kind == "task":
+            task = self._task(sample)
+            if task is None:
+                return None
+        else:
+            self._record_label(subject, source_id, sample, row)
+        extra_sex = row["sex"] if row is not None and "sex" in row else sample.fields.get("sex")
+        if self.kind != "sex" and extra_sex is not None:
+            self.labels[subject].setdefault(
+                "sex", recode("sex", extra_sex, self.settings.label_map) or MISSING
+            )
+        if row is not None and "release" in row:
+            self.labels[subject]["release"] = row["release"] or MISSING
+        scan = Scan(sample, subject, source_id, task)
+        scan.repetition_time, scan.tr_source = _repetition_time(self.settings, sample, source)
+        return scan
+
+    def _identify(self, sample: Sample) -> tuple[str, str]:
+        source = self.settings.input
+        if sample.subject is None:
+            raise DataError(
+                f"{source} {sample.where} has no subject identifier; pass --sample-table FILE "
+                "(one row per sample in array order, with a subject column)."
+            )
+        subject = subject_label(sample.subject, f"{source} {sample.where}")
+        source_id = (value_text(sample.subject) or "").removeprefix("sub-")
+        if self.source_ids.setdefault(subject, source_id) != source_id:
+            raise DataError(
+                f"{source}: subjects {self.source_ids[subject]!r} and {source_id!r} would both become "
+                f"sub-{subject}; make the identifiers differ in letters or digits."
+            )
+        return subject, source_id
+
+    def _pheno_row(self, subject: str, source_id: str) -> pd.Series | None:
+        if self.pheno is None:
+            return None
+        if subject in self.pheno.index:
+            return self.pheno.loc[subject]
+        self.not_in_pheno.append(source_id)
+        return None
+
+    def _task(self, sample: Sample) -> str | None:
+        """The sample's task (None: ``n/a``, left out)."""
+        source = self.settings.input
+        raw = _labels_of(sample, "task")
+        if raw is None:
+            raise _no_label("task", source, sample)
+        task = recode("task", raw, self.settings.label_map)
+        if task is None:
+            raise unknown_value("task", raw, f"{source} {sample.where}")
+        if task == MISSING:
+            self.skipped["task n/a"] += 1
+            return None
+        return task
+
+    def _record_label(self, subject: str, source_id: str, sample: Sample, row: pd.Series | None) -> None:
+        """The subject's sex or group, from --pheno or the records; one value per subject."""
+        source, kind = self.settings.input, self.kind
+        from_pheno = self.label_from_pheno
+        raw = row[kind] if from_pheno and row is not None else _labels_of(sample, kind)
+        if raw is None and not from_pheno:
+            raise _no_label(kind, source, sample)
+        where = (
+            f"--pheno {self.settings.pheno} (subject {source_id})"
+            if from_pheno
+            else f"{source} {sample.where}"
+        )
+        value = recode(kind, raw, self.settings.label_map)
+        if value is None:
+            raise unknown_value(kind, raw, where)
+        if self.labels[subject].setdefault(kind, value) != value:
+            raise DataError(
+                f"{source}: subject {source_id} has two {kind} values "
+                f"({self.labels[subject][kind]}, {value}); fix the records."
+            )
+
+    def check_pheno_covers_subjects(self) -> None:
+        """Every subject is in --pheno when labels or the release filter come from it."""
+        if self.not_in_pheno and (self.label_from_pheno or self.settings.release_filter):
+            shown = ", ".join(sorted(set(self.not_in_pheno))[:5])
+            raise DataError(
+                f"{len(set(self.not_in_pheno))} subject(s) of {self.settings.input} are not in --pheno "
+                f"{self.settings.pheno} (first: {shown}); add them or use the pheno.csv of the same HCP "
+                "release."
+            )
+
+    def participants(self, scans: list[Scan]) -> pd.DataFrame:
+        """The ``participants.tsv`` rows of the subjects of ``scans``."""
+        subjects = sorted({s.subject for s in scans})
+        participants = pd.DataFrame({"participant_id": [f"sub-{s}" for s in subjects]})
+        for column in ("sex", "group", "release"):
+            if any(column in self.labels[s] for s in subjects):
+                participants[column] = [self.labels[s].get(column, MISSING) for s in subjects]
+        participants["source_id"] = [self.source_ids[s] for s in subjects]
+        return participants
 
 
 def _no_label(kind: str, source: Path, sample: Sample) -> DataError:
