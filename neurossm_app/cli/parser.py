@@ -8,14 +8,20 @@ from pathlib import Path
 
 from neurossm_app import __version__
 from neurossm_app.argtypes import BidsAppParser, abs_path, fraction, positive_int
-from neurossm_app.errors import InputMissingError, NeurossmError, UsageError
+from neurossm_app.errors import InputMissingError, NeurossmError, OutputError, UsageError
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults, except where there is none or the help already says it."""
+    """Shows defaults, except where there is none, the help already says it, or the option is a
+    flag: a flag's default is the value of its destination (``--no-detrend`` stores False into a
+    default of True), not something the user could type, so its help says what it does instead."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+        if (
+            action.nargs == 0
+            or action.default in (None, False, argparse.SUPPRESS)
+            or "default" in (action.help or "")
+        ):
             return action.help
         return super()._get_help_string(action)
 
@@ -33,8 +39,7 @@ def _optional_float(value: str) -> float | None:
 
 def build_parser() -> argparse.ArgumentParser:
     """All options of ``neurossm-app``; every one is documented in docs/usage.md."""
-    from neurossm_app.atlases import ATLASES
-    from neurossm_app.participant.clean import CONFOUND_STRATEGIES
+    from neurossm_app.cli.group_options import add_group_options
 
     parser = BidsAppParser(
         prog="neurossm-app",
@@ -57,8 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more logging; shows tracebacks on errors"
     )
+    _add_selection_options(parser.add_argument_group("Selecting data"))
+    _add_resource_options(parser.add_argument_group("Resources"))
+    _add_participant_options(parser.add_argument_group("Participant level: atlas and denoising"))
+    add_group_options(parser)
+    return parser
 
-    sel = parser.add_argument_group("Selecting data")
+
+def _add_selection_options(sel: argparse._ArgumentGroup) -> None:
     sel.add_argument(
         "--participant-label",
         nargs="+",
@@ -102,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="reuse (or create) a pybids index here; speeds up large datasets",
     )
 
-    perf = parser.add_argument_group("Resources")
+
+def _add_resource_options(perf: argparse._ArgumentGroup) -> None:
     perf.add_argument(
         "-w",
         "--work-dir",
@@ -125,7 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--mem-mb", type=positive_int, metavar="MB", help="memory limit for the workflow scheduler"
     )
 
-    part = parser.add_argument_group("Participant level: atlas and denoising")
+
+def _add_participant_options(part: argparse._ArgumentGroup) -> None:
+    from neurossm_app.atlases import ATLASES
+    from neurossm_app.participant.clean import CONFOUND_STRATEGIES
+
     part.add_argument(
         "--atlas",
         choices=list(ATLASES),
@@ -163,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-detrend",
         dest="detrend",
         action="store_false",
-        help="do not remove a linear trend before filtering",
+        help="do not remove a linear trend before filtering (default: the trend is removed)",
     )
     part.add_argument(
         "--standardize",
@@ -193,10 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="ROIs with less of their volume inside the brain mask are n/a",
     )
 
-    from neurossm_app.cli.group_options import add_group_options
 
-    add_group_options(parser)
-    return parser
+def _work_dir_problem(work_dir: Path) -> str | None:
+    """Why nipype could not create or write ``-w`` (its nearest existing folder decides), or None."""
+    existing = next(p for p in (work_dir, *work_dir.parents) if p.exists())
+    if not existing.is_dir():
+        what = "is a file" if existing == work_dir else f"is inside {existing}, which is a file"
+        return f"-w/--work-dir {work_dir} {what}, not a directory; give a folder (created if missing)."
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return (
+            f"-w/--work-dir {work_dir} cannot be written ({existing} is read-only); give a writable folder."
+        )
+    return None
 
 
 def check_options(opts: argparse.Namespace) -> None:
@@ -209,6 +233,10 @@ def check_options(opts: argparse.Namespace) -> None:
                 "(in a container, bind the folder and give its path inside the container)."
             )
         )
+    if opts.analysis_level == "participant":
+        problem = _work_dir_problem(opts.work_dir)
+        if problem:
+            problems.append(OutputError(problem))
     for flag, path in (
         ("--bids-filter-file", opts.bids_filter_file),
         ("--participants-tsv", opts.participants_tsv),
