@@ -288,3 +288,33 @@ def test_collect_bold_runs_pairs_each_run_with_its_files(tmp_path):
         ),
     ]
     assert runs[0].entities == {"subject": "01", "session": "1", "task": "rest", "run": 1}
+
+
+@pytest.mark.parametrize("also_broken", [False, True], ids=["valid-derivatives", "confounds-missing-too"])
+def test_validator_verdict_comes_first(rest_dataset, tmp_path, monkeypatch, capsys, also_broken):
+    """The validator runs beside indexing and pre-flight; its errors are still the one reported."""
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    validator = bin_dir / "bids-validator-deno"
+    validator.write_text("#!/bin/sh\necho '[ERROR] NOT_INCLUDED fake finding'\nexit 1\n")
+    validator.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    ds = tmp_path / "ds"
+    shutil.copytree(rest_dataset, ds, ignore=shutil.ignore_patterns("sourcedata"))
+    if also_broken:
+        for confounds in (ds / "derivatives" / "fmriprep").glob("sub-01/func/*_desc-confounds_timeseries.*"):
+            confounds.unlink()
+    argv = [
+        str(ds),
+        str(tmp_path / "out"),
+        "participant",
+        "-w",
+        str(tmp_path / "w"),
+        "--participant-label",
+        "01",
+    ]
+    assert main(argv) == 16
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "failed BIDS validation ([ERROR] NOT_INCLUDED fake finding)" in err[0]

@@ -16,7 +16,7 @@ import pandas as pd
 from neurossm_app.bids import TEMPLATE_SPACE, build_path
 from neurossm_app.config import CleaningSettings
 from neurossm_app.errors import DataError
-from neurossm_app.files import copy_atomic, write_json, write_tsv
+from neurossm_app.files import copy_atomic, write_atomic, write_json, write_tsv
 from neurossm_app.participant.clean import clean_signals, filter_degrees_of_freedom, select_confounds
 from neurossm_app.participant.parcellate import parcel_means
 from neurossm_app.participant.preflight import check_mask_grid
@@ -57,7 +57,7 @@ class RunFiles(NamedTuple):
     """What :func:`extract_run` writes into its folder (the nipype node's working directory)."""
 
     atlas_file: Path  # the atlas on the BOLD grid (int32 NIfTI)
-    raw_file: Path  # (T, R) parcel means before cleaning, TSV
+    raw_file: Path  # (T, R) float64 parcel means before cleaning, .npy (read by the report only)
     coverage_file: Path  # (R,) fraction of each ROI inside the brain mask, TSV
     clean_file: Path  # (T, R) denoised parcel signals, TSV
     metadata_file: Path  # regressors, censored volumes, excluded ROIs, JSON
@@ -85,7 +85,7 @@ def extract_run(
     mask = load_mask(mask_file, bold_file)
     labels = np.asarray(nib.load(os.fspath(atlas_on_bold)).dataobj)
     signals, coverage = parcel_means(bold_file, labels, mask, np.asarray(indices), n_threads=n_threads)
-    raw = write_tsv(out_dir / "raw_timeseries.tsv", pd.DataFrame(signals, columns=names))
+    raw = write_atomic(out_dir / "raw_timeseries.npy", lambda tmp: np.save(tmp, signals))
     cov = write_tsv(out_dir / "coverage.tsv", pd.DataFrame({"roi": names, "coverage": coverage}))
     cleaned, metadata = clean_run(signals, coverage, names, bold_file, repetition_time, settings)
     clean = write_tsv(out_dir / "clean_timeseries.tsv", pd.DataFrame(cleaned, columns=names))

@@ -40,7 +40,7 @@ class _ExtractRunInputSpec(BaseInterfaceInputSpec):
 
 class _ExtractRunOutputSpec(TraitedSpec):
     atlas_file = File(exists=True, desc="atlas on the BOLD grid (nearest neighbour)")
-    raw_file = File(exists=True, desc="TSV of raw parcel means (volumes x ROIs)")
+    raw_file = File(exists=True, desc="raw parcel means (volumes x ROIs), .npy")
     coverage_file = File(exists=True, desc="TSV of per-ROI brain-mask coverage")
     clean_file = File(exists=True, desc="TSV of denoised parcel signals")
     metadata_file = File(exists=True, desc="JSON with regressors, censored volumes, excluded ROIs")
@@ -119,7 +119,7 @@ class DerivativesSink(SimpleInterface):
 class _ReportletsInputSpec(BaseInterfaceInputSpec):
     output_dir = traits.Str(mandatory=True, desc="OUTPUT_DIR")
     entities = traits.Dict(mandatory=True, desc="run entities (subject, session, task, run, ...)")
-    raw_file = File(exists=True, mandatory=True, desc="raw parcel means")
+    raw_file = File(exists=True, mandatory=True, desc="raw parcel means (volumes x ROIs), .npy")
     clean_file = File(exists=True, mandatory=True, desc="denoised parcel signals")
     coverage_file = File(exists=True, mandatory=True, desc="per-ROI coverage")
     metadata_file = File(exists=True, mandatory=True, desc="cleaning metadata JSON (censored volumes)")

@@ -50,35 +50,8 @@ def init_run_wf(
         The run's report figures (SVG) in ``OUTPUT_DIR/sub-X/figures``.
     """
     workflow = pe.Workflow(name=name)
-    extract = pe.Node(
-        ExtractRun(
-            bold_file=str(run.bold),
-            bold_fingerprint=input_fingerprint(run.bold),
-            mask_file=str(run.mask),
-            confounds_file=str(run.confounds),
-            atlas_file=str(atlas.image),
-            indices=list(atlas.indices),
-            names=list(atlas.names),
-            repetition_time=run.repetition_time,
-            settings=settings.to_dict(),
-            n_threads=omp_nthreads,
-        ),
-        name="extract",
-        n_procs=omp_nthreads,
-    )
-    ds_timeseries = pe.Node(
-        DerivativesSink(
-            output_dir=str(Path(output_dir).resolve()),
-            entities=dict(run.entities),
-            atlas_label=atlas.spec.bids_label,
-            atlas_file=str(atlas.image),
-            repetition_time=run.repetition_time,
-            settings=settings.to_dict(),
-            sources=[str(run.bold), str(run.mask), str(run.confounds)],
-        ),
-        name="ds_timeseries",
-        run_without_submitting=True,
-    )
+    extract = _extract_node(run, atlas, settings, omp_nthreads)
+    ds_timeseries = _timeseries_sink(run, atlas, settings, output_dir)
     ds_report = pe.Node(
         RunReportlets(
             output_dir=str(Path(output_dir).resolve()),
@@ -101,6 +74,45 @@ def init_run_wf(
                               ("metadata_file", "metadata_file")]),
     ])  # fmt: skip
     return workflow
+
+
+def _extract_node(run: BoldRun, atlas: Atlas, settings: CleaningSettings, omp_nthreads: int) -> pe.Node:
+    """The run's extraction, keyed in the cache by the BOLD file's fingerprint (not its bytes)."""
+    return pe.Node(
+        ExtractRun(
+            bold_file=str(run.bold),
+            bold_fingerprint=input_fingerprint(run.bold),
+            mask_file=str(run.mask),
+            confounds_file=str(run.confounds),
+            atlas_file=str(atlas.image),
+            indices=list(atlas.indices),
+            names=list(atlas.names),
+            repetition_time=run.repetition_time,
+            settings=settings.to_dict(),
+            n_threads=omp_nthreads,
+        ),
+        name="extract",
+        n_procs=omp_nthreads,
+    )
+
+
+def _timeseries_sink(
+    run: BoldRun, atlas: Atlas, settings: CleaningSettings, output_dir: str | os.PathLike
+) -> pe.Node:
+    """Writes the run's outputs; runs in the scheduling process (it only copies files)."""
+    return pe.Node(
+        DerivativesSink(
+            output_dir=str(Path(output_dir).resolve()),
+            entities=dict(run.entities),
+            atlas_label=atlas.spec.bids_label,
+            atlas_file=str(atlas.image),
+            repetition_time=run.repetition_time,
+            settings=settings.to_dict(),
+            sources=[str(run.bold), str(run.mask), str(run.confounds)],
+        ),
+        name="ds_timeseries",
+        run_without_submitting=True,
+    )
 
 
 def init_participant_wf(

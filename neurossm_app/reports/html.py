@@ -92,10 +92,18 @@ def render_page(title: str, intro: str, sections: list[Section]) -> str:
     )
 
 
-def figure_to_svg(fig) -> str:
-    """Serialize a matplotlib figure as SVG text; close it if pyplot made it."""
+def figure_to_svg(fig, tight: bool = True, text_as_paths: bool = True) -> str:
+    """Serialize a matplotlib figure as SVG text; close it if pyplot made it.
+
+    ``tight`` crops the figure to what is drawn (matplotlib draws it twice for that);
+    ``text_as_paths=False`` writes text as SVG ``<text>`` in a generic font instead of glyph
+    outlines, which is several times cheaper for figures with many labels.
+    """
+    import matplotlib
+
     buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight")
+    with matplotlib.rc_context({"svg.fonttype": "path" if text_as_paths else "none"}):
+        fig.savefig(buffer, format="svg", bbox_inches="tight" if tight else None)
     if getattr(fig.canvas, "manager", None) is not None:  # a pyplot figure: release it there
         import matplotlib.pyplot as plt
 

@@ -44,11 +44,21 @@ def roi_groups(names: list[str]) -> list[str]:
     return groups
 
 
-def _figure(width: float, height: float):
-    """A matplotlib figure outside pyplot: nothing global to close, no GUI back end loaded."""
+def _figure(width: float, height: float, **margins: float):
+    """A matplotlib figure outside pyplot (nothing global to close, no GUI back end loaded).
+
+    ``margins`` (``left``, ``right``, ``bottom``, ``top``, ``hspace``, in figure fractions) are
+    set here rather than found by a tight bounding box, which would draw every figure twice.
+    """
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height))
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(**margins)
+    return fig
+
+
+def _svg(fig) -> str:
+    return figure_to_svg(fig, tight=False)
 
 
 def _zscore(signals: np.ndarray) -> np.ndarray:
@@ -59,7 +69,7 @@ def _zscore(signals: np.ndarray) -> np.ndarray:
 def carpet_svg(raw: np.ndarray, clean: np.ndarray, names: list[str]) -> str:
     """(T, R) before/after carpets, ROIs grouped by network."""
     order = np.argsort(roi_groups(names), kind="stable")
-    fig = _figure(10, 6)
+    fig = _figure(10, 6, left=0.07, right=0.99, bottom=0.08, top=0.95, hspace=0.2)
     axes = fig.subplots(2, 1, sharex=True)
     for ax, signals, title in (
         (axes[0], raw, "before cleaning (z-scored parcel means)"),
@@ -72,12 +82,12 @@ def carpet_svg(raw: np.ndarray, clean: np.ndarray, names: list[str]) -> str:
         ax.set_ylabel("ROI (by network)")
         ax.set_title(title, fontsize=10)
     axes[1].set_xlabel("volume")
-    return figure_to_svg(fig)
+    return _svg(fig)
 
 
 def motion_svg(fd: np.ndarray, censored: list[int], threshold: float | None) -> str:
     """Framewise displacement trace with censored volumes marked (one shaded band each)."""
-    fig = _figure(10, 2.2)
+    fig = _figure(10, 2.2, left=0.07, right=0.99, bottom=0.22, top=0.96)
     ax = fig.subplots()
     ax.plot(fd, color="#345", lw=1)
     if censored:  # one collection, however many volumes are censored
@@ -94,7 +104,7 @@ def motion_svg(fd: np.ndarray, censored: list[int], threshold: float | None) -> 
     ax.set_xlabel("volume")
     ax.set_ylabel("FD (mm)")
     ax.set_xlim(0, max(len(fd) - 1, 1))
-    return figure_to_svg(fig)
+    return _svg(fig)
 
 
 def roi_correlations(clean: np.ndarray) -> np.ndarray:
@@ -116,7 +126,7 @@ def connectivity_svg(clean: np.ndarray, names: list[str]) -> str:
     groups = roi_groups(names)
     order = np.argsort(groups, kind="stable")
     corr = roi_correlations(clean)[np.ix_(order, order)]
-    fig = _figure(6.5, 5.5)
+    fig = _figure(6.5, 5.5, left=0.12, right=0.86, bottom=0.15, top=0.98)
     ax = fig.subplots()
     im = ax.imshow(corr, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
     sorted_groups = [groups[i] for i in order]
@@ -126,7 +136,7 @@ def connectivity_svg(clean: np.ndarray, names: list[str]) -> str:
     ax.set_yticks(starts)
     ax.set_yticklabels([sorted_groups[i] for i in starts], fontsize=6)
     fig.colorbar(im, ax=ax, fraction=0.046, label="Pearson r")
-    return figure_to_svg(fig)
+    return _svg(fig)
 
 
 def coverage_mosaic(
@@ -194,7 +204,7 @@ def coverage_svg(
     mask = np.asarray(nib.load(os.fspath(mask_file)).dataobj)
     rgba, cuts = coverage_mosaic(np.asarray(atlas.dataobj), mask, indices, coverage)
     fig = _figure(10, 2.6)
-    ax = fig.add_axes((0.0, 0.05, 0.9, 0.8))
+    ax = fig.add_axes((0.01, 0.05, 0.89, 0.8))
     ax.imshow(rgba, interpolation="nearest")  # one image for all cuts: one raster in the SVG
     ax.set_axis_off()
     ax.set_title("coverage", loc="left", fontsize=10)
@@ -209,7 +219,7 @@ def coverage_svg(
         ScalarMappable(Normalize(0, 1), "viridis"), cax=fig.add_axes((0.92, 0.1, 0.015, 0.7))
     )
     colorbar.set_label("coverage", fontsize=8)
-    return figure_to_svg(fig)
+    return _svg(fig)
 
 
 def write_run_reportlets(
@@ -225,12 +235,23 @@ def write_run_reportlets(
     censored: list[int],
     fd_threshold: float | None,
 ) -> list[Path]:
-    """Draw one run's figures and write them as ``sub-X/figures/<run>_desc-<figure>_bold.svg``."""
-    raw = read_tsv(raw_file)
-    names = list(raw.columns)
+    """Draw one run's figures and write them as ``sub-X/figures/<run>_desc-<figure>_bold.svg``.
+
+    ``raw_file`` is the (T, R) ``.npy`` of parcel means before cleaning; ``coverage_file`` (the
+    TSV with ``roi`` and ``coverage`` columns) gives the ROI names.
+    """
+    raw = np.load(raw_file)
+    table = read_tsv(coverage_file)
+    names, coverage = [str(n) for n in table["roi"]], table["coverage"].to_numpy()
     clean = read_tsv(clean_file).to_numpy(dtype=float)
-    coverage = read_tsv(coverage_file)["coverage"].to_numpy()
-    confounds = read_tsv(confounds_file)
+    # Only the FD column: fMRIPrep's confounds files have hundreds of columns.
+    confounds = pd.read_csv(
+        confounds_file,
+        sep="\t",
+        usecols=lambda column: column == "framewise_displacement",
+        na_values=["n/a"],
+        keep_default_na=False,
+    )
     fd = (
         confounds["framewise_displacement"].fillna(0).to_numpy()
         if "framewise_displacement" in confounds
@@ -238,7 +259,7 @@ def write_run_reportlets(
     )
     svgs = {
         "coverage": coverage_svg(atlas_on_bold, mask_file, indices, coverage),
-        "carpet": carpet_svg(raw.to_numpy(dtype=float), clean, names),
+        "carpet": carpet_svg(raw, clean, names),
         "connectivity": connectivity_svg(clean, names),
     }
     if fd is not None:
