@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 # nipype checks for updates over the network at import unless this is set.
 os.environ.setdefault("NIPYPE_NO_ET", "1")
@@ -28,30 +30,52 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> None:
         check_options(opts)
-        limit_threads(opts.omp_nthreads)
-        if opts.analysis_level == "participant":
-            from neurossm_app.cli.participant import run_participant
+        with limit_threads(opts.omp_nthreads):
+            if opts.analysis_level == "participant":
+                from neurossm_app.cli.participant import run_participant
 
-            run_participant(opts)
-        else:
-            from neurossm_app.cli.group import run_group
+                run_participant(opts)
+            else:
+                from neurossm_app.cli.group import run_group
 
-            run_group(opts)
+                run_group(opts)
 
     return run_reporting_errors("neurossm-app", opts.verbose, work)
 
 
-def limit_threads(n_threads: int) -> None:
-    """Bound numpy/BLAS, numba and torch threads here and in worker processes started later."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(n_threads)
-    # numba fixes its pool size at first use and refuses a changed NUMBA_NUM_THREADS afterwards
-    # (a second call in one process, as in tests); the scan bounds its threads per call anyway.
-    if "numba" not in sys.modules:
-        os.environ["NUMBA_NUM_THREADS"] = str(n_threads)
+#: The variables that bound the OpenMP and BLAS pools of numpy, scipy, torch and their workers.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextmanager
+def limit_threads(n_threads: int) -> Iterator[None]:
+    """Bound numpy/BLAS and OpenMP threads to ``n_threads`` for one command, then restore them.
+
+    Inside, :data:`THREAD_VARIABLES` are set, so worker processes started inside (nipype's
+    MultiProc workers) and libraries first loaded inside inherit the bound, and threadpoolctl
+    bounds the BLAS and OpenMP libraries already loaded. On exit the environment, those
+    libraries' limits and torch's thread count (which the group level sets; restored when torch
+    was imported before) are what they were, so a notebook or an in-process test gets its
+    process back. ``NUMBA_NUM_THREADS`` is left alone: numba sizes its pool once and refuses a
+    changed value afterwards, so setting it here and removing it on exit would break the next
+    compilation in the process; the scan bounds numba's threads on each call instead.
+    """
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(limits=n_threads)
+    saved = {var: os.environ.get(var) for var in THREAD_VARIABLES}
+    torch_threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+    os.environ.update({var: str(n_threads) for var in THREAD_VARIABLES})
+    try:
+        with threadpool_limits(limits=n_threads):
+            yield
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        if torch_threads is not None:
+            sys.modules["torch"].set_num_threads(torch_threads)
 
 
 def _setup_logging(verbosity: int) -> None:
