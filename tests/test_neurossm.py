@@ -7,8 +7,15 @@ import json
 import pytest
 import torch
 
-from neurossm_app.model.blocks import flip_valid, pool_time, temporal_difference, time_mask
-from neurossm_app.model.neurossm import NeuroSSM, NeuroSSMConfig, pathway_names
+from neurossm_app.model.blocks import (
+    BiMambaBlock,
+    Pathway,
+    flip_valid,
+    pool_time,
+    temporal_difference,
+    time_mask,
+)
+from neurossm_app.model.neurossm import NeuroSSM, NeuroSSMConfig, config_problems, pathway_names
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 
@@ -48,6 +55,38 @@ def test_config_round_trip_through_json():
         NeuroSSMConfig(n_rois=3, n_classes=2, signals=("raw", "deriv"))
     with pytest.raises(ValueError, match="scales must be distinct positive"):
         NeuroSSMConfig(n_rois=3, n_classes=2, scales=(2, 2))
+
+
+def test_config_problems_are_all_reported_at_once():
+    problems = config_problems(d_model=0, d_state=2, scales=(1, 1), signals=("raw",), dropout=1.0)
+    assert [(p.field, p.value) for p in problems] == [("d_model", 0), ("scales", (1, 1)), ("dropout", 1.0)]
+    assert str(problems[0]) == "d_model must be a positive integer, got 0"
+    assert config_problems(d_model=128) == []  # fields not given are not checked
+    with pytest.raises(ValueError) as err:
+        NeuroSSMConfig(n_rois=0, n_classes=1, expand=0)
+    assert str(err.value) == (
+        "Invalid NeuroSSM configuration: n_rois must be a positive integer, got 0; expand must be "
+        "a positive integer, got 0; n_classes must be an integer of at least 2, got 1."
+    )
+
+
+def test_residual_stream_and_readout_stay_float32_under_autocast(model, batch):
+    """As mamba-ssm's residual_in_fp32: only the mixers' insides run in bf16."""
+    dtypes = {}
+
+    def record(module, args, output):
+        dtypes.setdefault(f"{type(module).__name__} in", set()).add(args[0].dtype)
+        dtypes.setdefault(f"{type(module).__name__} out", set()).add(output.dtype)
+
+    for module in model.modules():
+        if isinstance(module, (BiMambaBlock, Pathway)):
+            module.register_forward_hook(record)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(batch)
+        assert model.pathways["raw_s1"].blocks[0].fwd(torch.randn(2, 5, 16)).dtype == torch.bfloat16
+    assert set().union(*dtypes.values()) == {torch.float32}, dtypes  # the blocks' h in and out
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, model(batch), rtol=0.05, atol=0.05)
 
 
 def test_checkpoint_serves_both_backends(batch):

@@ -6,13 +6,20 @@ one gradient), which stays meaningful when individual reference entries are near
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 import warnings
 
+import numba
 import pytest
 import torch
 import torch.nn.functional as F
 
+from neurossm_app.model import backends
 from neurossm_app.model import scan as scan_mod
+from neurossm_app.model.backends import OptionalKernels
 from neurossm_app.model.scan import selective_scan, selective_scan_torch
 
 # A kernel that failed to compile would fall back to torch with a RuntimeWarning and pass
@@ -155,40 +162,143 @@ def test_cpu_matches_torch_backend():
         assert rel_err(g_cpu[name], g_t[name]) < 1e-5, name
 
 
-def test_cpu_respects_torch_thread_count():
-    inputs = make_inputs(2, 20, 4, 20, False)
+def test_cpu_channel_sums_of_db_dc_accumulate_in_float64():
+    """dB and dC sum over channels; at L = 4096 a float32 sum loses what cancellation leaves.
+
+    Channels 32-47 repeat channels 0-15 with ``u`` negated, so their dB and dC terms cancel
+    exactly and the gradient is what channels 16-31 (``u`` 1e-4 as large) add. A float32
+    accumulator rounds that to the large terms' precision: 4.6e-4 relative error in dB with the
+    float32 accumulators this kernel had; 1.5e-7 (dB) and 2.2e-7 (dC) in float64. Batch 2 and
+    one thread keep the three blocks in one channel group, so the sum runs in the kernel, not
+    in the caller's float64 reduction.
+    """
+    inputs = make_inputs(2, 48, 4, 4096, True, seed=3)
+    for name in ("delta", "z"):
+        inputs[name][:, 32:48] = inputs[name][:, 0:16]
+    for name in ("A", "D", "delta_bias"):
+        inputs[name][32:48] = inputs[name][0:16]
+    inputs["u"][:, 32:48] = -inputs["u"][:, 0:16]
+    inputs["u"][:, 16:32] *= 1e-4
+    w = torch.randn(2, 48, 4096, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    w[:, 32:48] = w[:, 0:16]
+
+    def grads(fn, dtype):
+        leaves = {k: v.detach().to(dtype).requires_grad_() for k, v in inputs.items()}
+        (fn(**leaves, delta_softplus=True).double() * w).sum().backward()
+        return {k: v.grad for k, v in leaves.items()}
+
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        out1 = selective_scan(**{k: inputs[k] for k in ("u", "delta", "A", "B", "C")}, backend="cpu")
-        import numba
-
-        assert numba.get_num_threads() == 1
+        ours = grads(lambda **kw: selective_scan(**kw, backend="cpu"), torch.float32)
     finally:
         torch.set_num_threads(before)
-    out2 = selective_scan(**{k: inputs[k] for k in ("u", "delta", "A", "B", "C")}, backend="cpu")
-    assert torch.equal(out1, out2)
+    ref = grads(selective_scan_torch, torch.float64)  # the torch loop, all in float64
+    for name in ("B", "C"):
+        assert rel_err(ours[name], ref[name]) < 1e-5, (name, rel_err(ours[name], ref[name]))
+
+
+def test_softplus_above_20_is_the_identity_as_in_torch():
+    """delta + delta_bias spans 10 to 30: both sides of the threshold of 20 above which
+    torch's softplus (the forward here, and the reference) and the kernels' derivative
+    (``xv <= 20`` in the backward) are the identity."""
+    inputs = make_inputs(2, 19, 5, 40, True, seed=9)
+    inputs["delta"] = torch.linspace(-10.0, 10.0, 2 * 19 * 40).reshape(2, 19, 40)
+    inputs["delta_bias"] = torch.full((19,), 20.0)
+    inputs["A"] = -torch.rand(19, 5, generator=torch.Generator().manual_seed(2)) * 0.05  # slow decay
+    assert (inputs["delta"] + 20.0 > 20.0).float().mean() == pytest.approx(0.5, abs=0.01)
+    used = set(NAMES)
+    ref_out, ref_grads = run_with_grads(reference_scan, inputs, used, True)  # F.softplus, float64
+    for backend in ("cpu", "torch"):
+        out, grads = run_with_grads(
+            lambda backend=backend, **kw: selective_scan(**kw, backend=backend), inputs, used, True
+        )
+        assert rel_err(out, ref_out) < 1e-5, backend
+        for name in used:
+            assert rel_err(grads[name], ref_grads[name]) < 1e-5, (backend, name)
+
+
+def test_cpu_scan_bounds_numba_by_torch_threads_and_restores_it(monkeypatch):
+    inputs = make_inputs(2, 20, 4, 20, False)
+    bare = {k: inputs[k] for k in ("u", "delta", "A", "B", "C")}
+    forward, backward = backends.NUMBA_KERNELS.get()
+    seen = []
+
+    def recording(kernel):
+        def run(*args):
+            seen.append(numba.get_num_threads())
+            return kernel(*args)
+
+        return run
+
+    probe = OptionalKernels("recording kernels", lambda: (recording(forward), recording(backward)))
+    monkeypatch.setattr(backends, "NUMBA_KERNELS", probe)
+    torch_before, numba_before = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        leaves = {k: v.clone().requires_grad_() for k, v in bare.items()}
+        out1 = selective_scan(**leaves, backend="cpu")
+        out1.sum().backward()
+        assert seen == [1, 1]  # forward and backward ran on torch's one thread
+        assert numba.get_num_threads() == numba_before  # ... and numba's own setting is back
+    finally:
+        torch.set_num_threads(torch_before)
+    out2 = selective_scan(**bare, backend="cpu")
+    torch.testing.assert_close(out1.detach(), out2, rtol=0, atol=0)
+
+
+def test_loading_the_kernels_leaves_the_process_as_it_was():
+    """In a fresh process: numba's first load sets no environment variable, and torch keeps
+    its thread count (starting numba's OpenMP pool resets the shared count; it is put back)."""
+    code = textwrap.dedent(
+        """
+        import os, torch
+        torch.set_num_threads(1)
+        torch.ones(64, 64) @ torch.ones(64, 64)  # torch's OpenMP runtime is initialised
+        from neurossm_app.model.scan import selective_scan
+        env = dict(os.environ)
+        u = torch.randn(2, 20, 30)
+        selective_scan(u, torch.rand(2, 20, 30), -torch.rand(20, 4), torch.randn(2, 4, 30),
+                       torch.randn(2, 4, 30), backend="cpu")
+        print(torch.get_num_threads(), dict(os.environ) == env, "NUMBA_NUM_THREADS" in os.environ)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "True", "False"]
 
 
 def test_fallback_warns_once_and_uses_torch(monkeypatch):
     def broken():
         raise ImportError("No module named 'numba'")
 
-    monkeypatch.setattr(scan_mod, "_load_kernels", broken)
-    monkeypatch.setattr(scan_mod, "_KERNELS", None)
-    monkeypatch.setattr(scan_mod, "_KERNEL_ERROR", None)
-    monkeypatch.setattr(scan_mod, "_WARNED", False)
+    monkeypatch.setattr(backends, "NUMBA_KERNELS", OptionalKernels("numba kernels", broken))
     inputs = make_inputs(2, 9, 3, 12, True)
-    with pytest.warns(RuntimeWarning, match="falling back to the slower PyTorch scan"):
+    with pytest.warns(
+        RuntimeWarning, match=r"unavailable \(ImportError: No module named 'numba'\); falling back"
+    ):
         out = selective_scan(**inputs, delta_softplus=True, backend="cpu")
     assert not scan_mod.cpu_kernels_available()
-    assert scan_mod.resolve_backend("auto", torch.device("cpu")) == "torch"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # only once
+        assert scan_mod.resolve_backend("auto", torch.device("cpu")) == "torch"
         again = selective_scan(**inputs, delta_softplus=True, backend="auto")
     expected = selective_scan_torch(**inputs, delta_softplus=True)
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     torch.testing.assert_close(again, expected, rtol=0, atol=0)
+
+
+def test_torch_backend_computes_in_float32_under_autocast():
+    inputs = make_inputs(2, 9, 3, 12, True)
+    half = {k: v.to(torch.bfloat16) if k in ("u", "delta", "B", "C", "z") else v for k, v in inputs.items()}
+    expected = selective_scan_torch(**{k: v.float() for k, v in half.items()}, delta_softplus=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = selective_scan_torch(**half, delta_softplus=True)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected.to(torch.bfloat16), rtol=0, atol=0)
 
 
 def test_auto_picks_cpu_kernel_on_cpu():

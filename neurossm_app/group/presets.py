@@ -16,11 +16,13 @@ from importlib import resources
 from typing import Any
 
 from neurossm_app.errors import UsageError
-from neurossm_app.model.neurossm import SIGNALS
+from neurossm_app.model.backends import cuda_kernel_problems
+from neurossm_app.model.neurossm import config_problems
 
 PRESETS_FILE = "group_presets.json"
 DEFAULT_PRESET = "hcp-rest"
 KNOWN_BASELINES = ("fc-logreg",)
+DEVICES = ("auto", "cpu", "cuda")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 
 # Settings that change the numbers; a resumed run must agree with the saved run on all of them.
@@ -187,8 +189,38 @@ def resolve_settings(preset: str | None, overrides: dict[str, Any]) -> GroupSett
     return settings
 
 
+def _option(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _shown(value: Any) -> str:
+    """A value as typed on the command line (``1 2 4`` for a tuple)."""
+    return " ".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
 def check_settings(settings: GroupSettings) -> None:
-    """Collect every problem with ``settings`` and raise them as one :class:`UsageError`."""
+    """Collect every problem with ``settings`` and raise them as one :class:`UsageError`.
+
+    The one place group settings are checked (the command line only converts types): the
+    architecture through :func:`neurossm_app.model.neurossm.config_problems`, the CUDA kernels'
+    limits when ``--device cuda`` asks for them, and the group level's own fields.
+    """
+    problems = [
+        f"{_option(p.field)} {p.requirement} (got {_shown(p.value)})"
+        for p in config_problems(**settings.model_fields())
+    ]
+    if settings.device == "cuda":
+        problems += [
+            f"--device cuda: {_option(field)} {value} {reason}"
+            for field, value, reason in cuda_kernel_problems(settings.d_state, settings.d_conv)
+        ]
+    problems += _run_problems(settings)
+    if problems:
+        raise UsageError("; ".join(problems) + ".")
+
+
+def _run_problems(settings: GroupSettings) -> list[str]:
+    """Problems with the fields that are not the architecture's."""
     problems = []
     if not _RUN_NAME.match(settings.run_name):
         problems.append(
@@ -196,20 +228,10 @@ def check_settings(settings: GroupSettings) -> None:
         )
     if settings.target != "task" and not re.match(r"^participants:[^\s]+$", settings.target):
         problems.append(f"--target {settings.target!r} must be 'task' or 'participants:COLUMN'")
-    positive = (
-        "dynamic_length",
-        "epochs",
-        "batch_size",
-        "d_model",
-        "n_layers",
-        "d_state",
-        "d_conv",
-        "expand",
-    )
-    for key in positive:
+    for key in ("dynamic_length", "epochs", "batch_size"):
         if getattr(settings, key) < 1:
-            problems.append(f"--{key.replace('_', '-')} must be at least 1 (got {getattr(settings, key)})")
-    if settings.lr <= 0:
+            problems.append(f"{_option(key)} must be a positive integer (got {getattr(settings, key)})")
+    if not settings.lr > 0:
         problems.append(f"--lr must be positive (got {settings.lr})")
     if settings.weight_decay < 0:
         problems.append(f"--weight-decay must not be negative (got {settings.weight_decay})")
@@ -217,23 +239,17 @@ def check_settings(settings: GroupSettings) -> None:
         problems.append(f"--folds must be at least 2 (got {settings.folds}); use --skip-cross-validation")
     if not 0.0 < settings.test_size < 1.0:
         problems.append(f"--test-size must be between 0 and 1 (got {settings.test_size})")
-    if not 0.0 <= settings.dropout < 1.0:
-        problems.append(f"--dropout must be in [0, 1) (got {settings.dropout})")
     if not settings.seeds:
         problems.append("--seeds needs at least one seed")
     if len(set(settings.seeds)) != len(settings.seeds):
-        problems.append(f"--seeds has duplicates ({' '.join(map(str, settings.seeds))})")
+        problems.append(f"--seeds has duplicates ({_shown(settings.seeds)})")
     if any(s < 0 for s in settings.seeds):
-        problems.append("--seeds must be non-negative integers")
-    if not settings.scales or any(s < 1 for s in settings.scales):
-        problems.append("--scales must be positive integers, e.g. 1 2 4")
-    bad_signals = [s for s in settings.signals if s not in SIGNALS]
-    if not settings.signals or bad_signals:
-        problems.append(f"--signals must be some of {', '.join(SIGNALS)}")
+        problems.append(f"--seeds must be non-negative integers (got {_shown(settings.seeds)})")
     bad = [b for b in settings.baselines if b not in KNOWN_BASELINES]
     if bad:
         problems.append(
             f"unknown --baselines {', '.join(bad)}; choose from {', '.join(KNOWN_BASELINES)} or 'none'"
         )
-    if problems:
-        raise UsageError("; ".join(problems) + ".")
+    if settings.device not in DEVICES:
+        problems.append(f"--device must be one of {', '.join(DEVICES)} (got {settings.device})")
+    return problems

@@ -2,6 +2,11 @@
 
 Every function here keeps padded time steps out of the valid ones: a sample gives the same
 valid outputs whether or not it is padded at the end of a longer batch.
+
+Under autocast the residual stream stays in the input's dtype (float32), as mamba-ssm's models
+keep theirs (``residual_in_fp32``): the ROI embedding's output is cast back, each block adds
+its mixers' outputs (computed in the autocast dtype) to the float32 stream, and the norms
+read float32.
 """
 
 from __future__ import annotations
@@ -171,13 +176,14 @@ class BiMambaBlock(nn.Module):
         Returns
         -------
         Tensor, shape (B, L, D)
-            Zero at padded steps.
+            Zero at padded steps; in the dtype of ``h``, also under autocast.
         """
         mask3 = rearrange(mask, "b l -> b l 1")
         x = self.norm(h) * mask3  # (B, L, D); padding zeroed before every scan
-        mixed = self.fwd(x)
+        # The mixers may compute in the autocast dtype; their sum and the residual do not.
+        mixed = self.fwd(x).to(h.dtype)
         if self.bwd is not None:
-            mixed = mixed + flip_valid(self.bwd(flip_valid(x, lengths)), lengths)
+            mixed = mixed + flip_valid(self.bwd(flip_valid(x, lengths)), lengths).to(h.dtype)
         return (h + mixed) * mask3
 
 
@@ -228,7 +234,8 @@ class Pathway(nn.Module):
         Tensor, shape (B, D)
             The pathway vector h_p.
         """
-        h = self.dropout(self.embed(rearrange(x, "b r t -> b t r")))  # (B, T, D)
+        # The residual stream keeps x's dtype (float32), also under autocast (bf16 embedding).
+        h = self.dropout(self.embed(rearrange(x, "b r t -> b t r")).to(x.dtype))  # (B, T, D)
         for block in self.blocks:
             h = block(h, mask, lengths)
         return masked_mean(self.norm(h), mask)  # (B, D)

@@ -3,8 +3,9 @@
 Parameter names, shapes and initialisation follow ``mamba_ssm/modules/mamba_simple.py``
 (Gu & Dao, 2023), so a ``state_dict`` moves between this module and ``mamba_ssm.Mamba``
 in both directions. The selective scan runs on any back end of
-:func:`neurossm_app.model.scan.selective_scan`; on a GPU with ``causal-conv1d``
-installed, the short convolution uses its kernel as well.
+:func:`neurossm_app.model.scan.selective_scan`; with the ``cuda`` back end and
+``causal-conv1d`` installed, the short convolution uses its kernel as well (widths 2 to 4;
+other widths use ``nn.Conv1d``, also on the GPU).
 
 Not carried over: ``use_fast_path`` (the fused ``mamba_inner_fn``; the ``cuda`` back end
 calls ``selective_scan_fn`` instead, which computes the same function) and incremental
@@ -19,18 +20,11 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from neurossm_app.model.scan import Backend, resolve_backend, selective_scan
+from neurossm_app.model import backends
+from neurossm_app.model.backends import Backend, conv_backend_for, cuda_kernel_problems, resolve_backend
+from neurossm_app.model.scan import selective_scan
 
 __all__ = ["Mamba"]
-
-
-def _causal_conv1d_fn():
-    """``causal_conv1d.causal_conv1d_fn`` when the optional package imports, else None."""
-    try:
-        from causal_conv1d import causal_conv1d_fn
-    except Exception:  # noqa: BLE001 - ImportError, or an extension built for another torch
-        return None
-    return causal_conv1d_fn
 
 
 class Mamba(nn.Module):
@@ -61,7 +55,9 @@ class Mamba(nn.Module):
         Factory arguments of the parameters (``A_log`` and ``D`` stay float32).
     backend : {"auto", "cpu", "torch", "cuda"}
         Selective-scan back end; see :func:`neurossm_app.model.scan.selective_scan`. A plain
-        attribute: set ``module.backend`` to change it after construction.
+        attribute: set ``module.backend`` to change it after construction. ``"cuda"`` refuses
+        sizes its kernels do not support (``d_state`` over 256, ``d_conv`` outside 2-4);
+        ``"auto"`` runs those parts in PyTorch instead.
 
     Attributes
     ----------
@@ -104,6 +100,8 @@ class Mamba(nn.Module):
         self.layer_idx = layer_idx
         self.backend = backend
         self.activation = "silu"
+        if backend == "cuda":
+            self._check_cuda_limits()
 
         self.in_proj = nn.Linear(d_model, self.d_inner * 2, bias=bias, **factory_kwargs)
         self.conv1d = nn.Conv1d(
@@ -164,7 +162,9 @@ class Mamba(nn.Module):
             Output at step t depends on steps 0..t only.
         """
         seqlen = hidden_states.shape[1]
-        backend = resolve_backend(self.backend, hidden_states.device)
+        if self.backend == "cuda":
+            self._check_cuda_limits()
+        backend = resolve_backend(self.backend, hidden_states.device, self.d_state)
         # One matmul that also turns (B, L, D) into the (B, D, L) the scan wants.
         xz = rearrange(
             self.in_proj.weight @ rearrange(hidden_states, "b l d -> d (b l)"),
@@ -176,16 +176,15 @@ class Mamba(nn.Module):
         A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
         x, z = xz.chunk(2, dim=1)  # (B, d_inner, L) each
 
-        conv_fn = _causal_conv1d_fn() if backend == "cuda" else None
-        if conv_fn is None:
-            x = self.act(self.conv1d(x)[..., :seqlen])  # causal: drop the right padding
-        else:
-            x = conv_fn(
+        if conv_backend_for(backend, self.d_conv) == "causal-conv1d":
+            x = backends.CAUSAL_CONV1D.get()(
                 x=x,
                 weight=rearrange(self.conv1d.weight, "d 1 w -> d w"),
                 bias=self.conv1d.bias,
                 activation=self.activation,
             )
+        else:
+            x = self.act(self.conv1d(x)[..., :seqlen])  # causal: drop the right padding
 
         x_dbl = self.x_proj(rearrange(x, "b d l -> (b l) d"))  # (B*L, dt_rank + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -205,6 +204,14 @@ class Mamba(nn.Module):
             backend=backend,
         )  # (B, d_inner, L)
         return self.out_proj(rearrange(y, "b d l -> b l d"))  # (B, L, d_model)
+
+    def _check_cuda_limits(self) -> None:
+        problems = [
+            f"{field} {value} {reason}"
+            for field, value, reason in cuda_kernel_problems(self.d_state, self.d_conv)
+        ]
+        if problems:
+            raise ValueError(f"backend='cuda': {'; '.join(problems)}; use backend='auto' or 'torch'.")
 
     def extra_repr(self) -> str:
         return (

@@ -23,6 +23,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from einops import einsum
 from torch import Tensor, nn
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 from neurossm_app.model.blocks import Pathway, pool_time, temporal_difference, time_mask
 from neurossm_app.model.scan import Backend
 
-__all__ = ["SIGNALS", "NeuroSSM", "NeuroSSMConfig", "pathway_names"]
+__all__ = ["SIGNALS", "ConfigProblem", "NeuroSSM", "NeuroSSMConfig", "config_problems", "pathway_names"]
 
 #: Signals a pathway can take, in the order pathways are listed.
 SIGNALS = ("raw", "diff")
@@ -44,6 +45,66 @@ def pathway_names(signals: Iterable[str], scales: Iterable[int]) -> tuple[str, .
     """
     scales = tuple(scales)
     return tuple(f"{signal}_s{scale}" for signal in signals for scale in scales)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigProblem:
+    """One invalid :class:`NeuroSSMConfig` field: ``f"{field} {requirement}"``, and the value."""
+
+    field: str
+    requirement: str
+    value: Any
+
+    def __str__(self) -> str:
+        return f"{self.field} {self.requirement}, got {self.value!r}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def config_problems(**fields: Any) -> list[ConfigProblem]:
+    """Every invalid value among the given :class:`NeuroSSMConfig` fields.
+
+    The one place the architecture is checked: :class:`NeuroSSMConfig` raises them, the group
+    level's settings check reports them with its own. Only the fields given are checked, so a
+    caller without ``n_rois`` and ``n_classes`` (known from the data only) can check the rest.
+
+    Returns
+    -------
+    list of ConfigProblem
+        In field order; empty when everything given is valid.
+    """
+    problems = []
+
+    def need(name: str, ok: bool, requirement: str) -> None:
+        if name in fields and not ok:
+            problems.append(ConfigProblem(name, requirement, fields[name]))
+
+    for name in ("n_rois", "d_model", "n_layers", "d_state", "d_conv", "expand"):
+        value = fields.get(name)
+        need(name, _is_int(value) and value >= 1, "must be a positive integer")
+    n_classes = fields.get("n_classes")
+    need("n_classes", _is_int(n_classes) and n_classes >= 2, "must be an integer of at least 2")
+    scales = tuple(fields.get("scales") or ())
+    need(
+        "scales",
+        bool(scales) and all(_is_int(x) and x >= 1 for x in scales) and len(set(scales)) == len(scales),
+        "must be distinct positive integers",
+    )
+    signals = tuple(fields.get("signals") or ())
+    need(
+        "signals",
+        bool(signals) and set(signals) <= set(SIGNALS) and len(set(signals)) == len(signals),
+        f"must be distinct values from {', '.join(SIGNALS)}",
+    )
+    dropout = fields.get("dropout")
+    need(
+        "dropout",
+        isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0.0 <= dropout < 1.0,
+        "must be in [0, 1)",
+    )
+    return problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,26 +147,11 @@ class NeuroSSMConfig:
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep the frozen config hashable and comparable.
-        object.__setattr__(self, "scales", tuple(int(s) for s in self.scales))
-        object.__setattr__(self, "signals", tuple(str(s) for s in self.signals))
-        problems = []
-        for name in ("n_rois", "d_model", "n_layers", "d_state", "d_conv", "expand"):
-            if int(getattr(self, name)) < 1:
-                problems.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if int(self.n_classes) < 2:
-            problems.append(f"n_classes must be at least 2, got {self.n_classes!r}")
-        if not self.scales or min(self.scales) < 1 or len(set(self.scales)) != len(self.scales):
-            problems.append(f"scales must be distinct positive integers, got {self.scales!r}")
-        if (
-            not self.signals
-            or not set(self.signals) <= set(SIGNALS)
-            or len(set(self.signals)) != len(self.signals)
-        ):
-            problems.append(f"signals must be distinct values from {SIGNALS}, got {self.signals!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+        object.__setattr__(self, "scales", tuple(int(x) if _is_int(x) else x for x in self.scales))
+        object.__setattr__(self, "signals", tuple(str(x) if isinstance(x, str) else x for x in self.signals))
+        problems = config_problems(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         if problems:
-            raise ValueError("Invalid NeuroSSM configuration: " + "; ".join(problems) + ".")
+            raise ValueError("Invalid NeuroSSM configuration: " + "; ".join(map(str, problems)) + ".")
 
     @property
     def pathway_names(self) -> tuple[str, ...]:
@@ -276,6 +322,7 @@ class NeuroSSM(nn.Module):
         Returns
         -------
         logits : Tensor, shape (B, n_classes)
+            In the parameters' dtype (float32), also under autocast.
         pathway_inputs : dict of str to Tensor (B, R, T_s)
             Only with ``return_pathway_inputs``, in :attr:`pathway_names` order.
         """
@@ -294,11 +341,13 @@ class NeuroSSM(nn.Module):
                 exposed[name] = x_p
             h_p = self.pathways[name](x_p, mask_p, lengths_p)  # (B, d)
             vectors.append(torch.zeros_like(h_p) if name in ablated else h_p)
-        h = torch.stack(vectors, dim=1)  # (B, P, d)
-        scores = einsum(self.key(h), self.query, "b p d, d -> b p") / math.sqrt(h.shape[-1])
-        weights = torch.softmax(scores, dim=1)  # (B, P)
-        fused = einsum(weights, h, "b p, b p d -> b d")
-        logits = self.head(self.dropout(self.norm(fused)))  # (B, n_classes)
+        # The readout is small: it runs in the parameters' dtype (float32), also under autocast.
+        with torch.autocast(x.device.type, enabled=False):
+            h = torch.stack([v.to(self.head.weight.dtype) for v in vectors], dim=1)  # (B, P, d)
+            scores = einsum(self.key(h), self.query, "b p d, d -> b p") / math.sqrt(h.shape[-1])
+            weights = torch.softmax(scores, dim=1)  # (B, P)
+            fused = einsum(weights, h, "b p, b p d -> b d")
+            logits = self.head(self.dropout(self.norm(fused)))  # (B, n_classes)
         return (logits, exposed) if return_pathway_inputs else logits
 
     def _check_input(self, x: Tensor, lengths: Tensor | None) -> Tensor | None:

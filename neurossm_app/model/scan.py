@@ -21,125 +21,34 @@ Back ends
     ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn`` (needs the ``cuda``
     extra and tensors on a GPU).
 ``auto``
-    ``cuda`` for GPU tensors when ``mamba_ssm`` imports, else ``torch`` on GPU; ``cpu`` for
-    CPU tensors when numba works, else ``torch``.
+    ``cuda`` for GPU tensors when mamba-ssm's kernels import (and ``d_state`` is within their
+    limit), else ``torch`` on the GPU, with one warning; ``cpu`` for CPU tensors when numba
+    works, else ``torch``, with one warning.
+
+Which back end runs where is decided by :mod:`.backends`, which loads each optional one at
+most once per process. The ``torch`` and ``cpu`` back ends compute in float32 (or float64)
+whatever the input dtype and autocast, and return the input's dtype; ``cuda`` computes in the
+kernel's precision (float32 state, inputs as given: bfloat16 under bf16 autocast).
 """
 
 from __future__ import annotations
-
-import warnings
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-__all__ = ["BACKENDS", "cpu_kernels_available", "resolve_backend", "selective_scan"]
+from neurossm_app.model import backends
+from neurossm_app.model.backends import BACKENDS, Backend, cpu_kernels_available, resolve_backend
 
-Backend = Literal["auto", "cpu", "torch", "cuda"]
-BACKENDS = ("auto", "cpu", "torch", "cuda")
-
-# Lazily built numba dispatchers, or the reason they could not be built.
-_KERNELS: tuple | None = None
-_KERNEL_ERROR: BaseException | None = None
-_WARNED = False
-
-
-def _load_kernels() -> tuple:
-    """Import numba and build the kernels (compilation itself happens per dtype on use).
-
-    numba sizes its thread pool when first imported (all cores unless ``NUMBA_NUM_THREADS`` is
-    set) and shares torch's OpenMP runtime; a pool larger than torch's leaves threads waiting
-    at barriers (a 30x slower training step was measured). So the pool follows torch's count.
-    """
-    import os
-    import sys
-
-    if "numba" not in sys.modules and "NUMBA_NUM_THREADS" not in os.environ:
-        os.environ["NUMBA_NUM_THREADS"] = str(torch.get_num_threads())
-    from neurossm_app.model import _scan_kernels
-
-    return (*_scan_kernels.build_kernels(), _scan_kernels.set_threads)
-
-
-def _disable_kernels(err: BaseException) -> None:
-    global _KERNELS, _KERNEL_ERROR, _WARNED
-    _KERNELS, _KERNEL_ERROR = None, err
-    if not _WARNED:
-        _WARNED = True
-        warnings.warn(
-            "The numba selective-scan kernel is unavailable "
-            f"({type(err).__name__}: {err}); falling back to the slower PyTorch scan "
-            "(backend='torch'). Install a numba that matches your numpy to get it back.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-
-
-def _get_kernels() -> tuple | None:
-    global _KERNELS
-    if _KERNELS is None and _KERNEL_ERROR is None:
-        try:
-            _KERNELS = _load_kernels()
-        except Exception as err:  # noqa: BLE001 - ImportError, numba/llvmlite/numpy clashes
-            _disable_kernels(err)
-    return _KERNELS
-
-
-def cpu_kernels_available() -> bool:
-    """Whether the numba back end can be used (imports numba on first call)."""
-    return _get_kernels() is not None
-
-
-def _mamba_ssm_scan():
-    """``mamba_ssm``'s selective_scan_fn, or None when the package does not import."""
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception:  # noqa: BLE001 - ImportError, or a CUDA extension built for another torch
-        return None
-    return selective_scan_fn
-
-
-def resolve_backend(backend: Backend, device: torch.device) -> str:
-    """Turn ``backend`` (possibly ``"auto"``) into the one that will run on ``device``.
-
-    Parameters
-    ----------
-    backend : {"auto", "cpu", "torch", "cuda"}
-    device : torch.device
-        Where the tensors live.
-
-    Returns
-    -------
-    str
-        ``"cpu"``, ``"torch"`` or ``"cuda"``. ``"cpu"`` degrades to ``"torch"`` (with a
-        warning, once) when the numba kernels cannot be built.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
-    on_gpu = device.type == "cuda"
-    if backend == "auto":
-        if on_gpu:
-            return "cuda" if _mamba_ssm_scan() is not None else "torch"
-        return "cpu" if _get_kernels() is not None else "torch"
-    if backend == "cpu":
-        if device.type != "cpu":
-            raise ValueError(
-                f"backend='cpu' needs CPU tensors, got tensors on {device}; "
-                "use backend='auto', 'torch' or 'cuda'."
-            )
-        return "cpu" if _get_kernels() is not None else "torch"
-    if backend == "cuda":
-        if not on_gpu:
-            raise ValueError(f"backend='cuda' needs tensors on a GPU, got {device}; use backend='auto'.")
-        if _mamba_ssm_scan() is None:
-            raise ImportError(
-                "backend='cuda' needs the mamba-ssm package: "
-                "pip install 'neurossm-app[cuda]' (requires a CUDA toolkit), "
-                "or use backend='torch'."
-            )
-    return backend
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "cpu_kernels_available",
+    "resolve_backend",
+    "selective_scan",
+    "selective_scan_torch",
+]
 
 
 def selective_scan(
@@ -183,15 +92,16 @@ def selective_scan(
         In the dtype of ``u``. Differentiable w.r.t. every tensor argument.
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    chosen = resolve_backend(backend, u.device)
+    chosen = resolve_backend(backend, u.device, A.shape[1])
     if chosen == "cuda":
-        return _mamba_ssm_scan()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return backends.MAMBA_SSM.get()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if chosen == "cpu":
         try:
             return _SelectiveScanCPU.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         except _KernelFailure as failure:
-            # The JIT could not compile here (e.g. an unsupported llvmlite): fall back.
-            _disable_kernels(failure.__cause__ or failure)
+            # The JIT could not compile here (e.g. an unsupported llvmlite): fall back, warn once.
+            backends.NUMBA_KERNELS.disable(failure.__cause__ or failure)
+            resolve_backend("cpu", u.device)
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
@@ -230,8 +140,14 @@ def selective_scan_torch(
 
     The discretised tensors are computed once, then the loop steps over their ``unbind``
     slices, so autograd's backward stays linear in L. Memory is O(B D L N). Shapes and
-    meaning as :func:`selective_scan`; computes in float32 for half-precision inputs.
+    meaning as :func:`selective_scan`. Computes in float32 for half-precision inputs, also
+    under autocast (which is switched off inside), and returns the dtype of ``u``.
     """
+    with torch.autocast(u.device.type, enabled=False):
+        return _scan_loop(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+def _scan_loop(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> Tensor:
     dtype_in = u.dtype
     work = torch.promote_types(dtype_in, torch.float32)
     u, delta, B, C = (t.to(work) for t in (u, delta, B, C))
@@ -260,9 +176,20 @@ class _KernelFailure(RuntimeError):
     """Raised when the numba kernel fails to compile or run for reasons not of the caller."""
 
 
-def _run_kernel(kernel, *args) -> None:
+def _kernel_threads(n_threads: int) -> int:
+    """Threads a kernel call will use: torch's count, bounded by numba's pool."""
+    import numba
+
+    return max(1, min(n_threads, numba.config.NUMBA_NUM_THREADS))
+
+
+def _run_kernel(kernel, n_threads: int, *args) -> None:
+    """Call a numba kernel on ``n_threads`` threads (numba's own setting restored after)."""
+    from neurossm_app.model._scan_kernels import thread_limit
+
     try:
-        kernel(*args)
+        with thread_limit(n_threads):
+            kernel(*args)
     except Exception as err:
         from numba.core.errors import NumbaError
 
@@ -287,8 +214,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        forward_kernel, _, set_threads = _KERNELS
-        set_threads(torch.get_num_threads())
+        forward_kernel, _ = backends.NUMBA_KERNELS.get()
         dtype_in = u.dtype
         work = torch.float64 if dtype_in == torch.float64 else torch.float32
         xraw = delta.detach().to(work)  # (B, D, L) argument of the softplus
@@ -302,6 +228,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
         out = torch.empty(u.shape, dtype=work)
         _run_kernel(
             forward_kernel,
+            torch.get_num_threads(),
             _as_array(u, work, 3),
             dt.numpy(),
             _as_array(A, work, 2),
@@ -322,8 +249,8 @@ class _SelectiveScanCPU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        _, backward_kernel, set_threads = _KERNELS
-        n_threads = set_threads(torch.get_num_threads())
+        _, backward_kernel = backends.NUMBA_KERNELS.get()
+        n_threads = _kernel_threads(torch.get_num_threads())
         u, dt, xraw, A, b_t, c_t, D, z, delta_bias = ctx.saved_tensors
         has_d, has_z, _ = ctx.has
         delta_dtype, b_dtype, c_dtype = ctx.dtypes
@@ -344,6 +271,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
         dbias_part = torch.empty(n_batch, n_chan, dtype=f64)
         _run_kernel(
             backward_kernel,
+            n_threads,
             _as_array(u, work, 3),
             dt.numpy(),
             _as_array(xraw, work, 3),
