@@ -11,13 +11,15 @@ round-robin (``--ours-factor`` times as many for ours, whose runs are short):
 - ``mambapy``: ``mambapy.pscan.pscan`` applied as ``mambapy``'s ``selective_scan`` does,
   with inputs already in its (B, L, D) layout (transposes are not timed).
 
-When CUDA and ``mamba_ssm`` are available, ``mamba_ssm``'s ``selective_scan_fn`` is also
-compared with our ``torch`` back end on the GPU (error and speed); otherwise the reason is
-printed.
+When CUDA and mamba-ssm's kernels are available, ``mamba_ssm``'s ``selective_scan_fn`` is also
+compared with our ``torch`` back end on the GPU, with everything the Mamba block passes (gate
+``z``, skip ``D``, ``delta_bias`` and the softplus in the kernel): speed, and the error of the
+output and of every gradient; otherwise the reason is printed (the import error, once).
 
 Usage::
 
     .venv/bin/python benchmarks/bench_scan.py --repeats 5 --json bench_scan.json
+    .venv/bin/python benchmarks/bench_scan.py --methods ours --lengths 600 1200   # ours only
 """
 
 from __future__ import annotations
@@ -33,20 +35,33 @@ from collections.abc import Callable
 import torch
 from einops import rearrange
 
+from neurossm_app.model.backends import cuda_backend_status
 from neurossm_app.model.scan import selective_scan, selective_scan_torch
+
+#: The arguments differentiated: the recurrence alone, or everything the Mamba block passes.
+BARE = ("u", "delta", "A", "B", "C", "D")
+FULL = (*BARE, "z", "delta_bias")
 
 
 def make_inputs(batch: int, d_inner: int, d_state: int, length: int, device="cpu", seed=0):
-    """Mamba-like inputs in the (B, D, L) layout of ``selective_scan``."""
+    """Mamba-like inputs in the (B, D, L) layout of ``selective_scan``.
+
+    ``delta`` is a step size already (softplus of a normal - 3); ``delta_raw`` and
+    ``delta_bias`` are the pre-softplus pair the Mamba block passes with ``z``.
+    """
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(batch, d_inner, length, generator=g)
-    delta = torch.nn.functional.softplus(torch.randn(batch, d_inner, length, generator=g) - 3)
+    delta_raw = torch.randn(batch, d_inner, length, generator=g)
+    delta = torch.nn.functional.softplus(delta_raw - 3)
     A = -torch.exp(torch.randn(d_inner, d_state, generator=g) * 0.5)
     B = torch.randn(batch, d_state, length, generator=g)
     C = torch.randn(batch, d_state, length, generator=g)
     D = torch.randn(d_inner, generator=g)
+    z = torch.randn(batch, d_inner, length, generator=g)
+    delta_bias = torch.randn(d_inner, generator=g) * 0.5 - 3
     w = torch.randn(batch, d_inner, length, generator=g)
-    return {k: v.to(device) for k, v in dict(u=u, delta=delta, A=A, B=B, C=C, D=D, w=w).items()}
+    values = dict(u=u, delta=delta, delta_raw=delta_raw, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, w=w)
+    return {k: v.to(device) for k, v in values.items()}
 
 
 def scan_ours(u, delta, A, B, C, D):
@@ -89,21 +104,25 @@ def to_mambapy_layout(inp: dict) -> dict:
     return out
 
 
-def run_fwd_bwd(fn: Callable, inp: dict, sync: bool = False) -> tuple[float, torch.Tensor]:
-    """Seconds of one forward + backward, and its output.
+def run_fwd_bwd(fn: Callable, inp: dict, sync: bool = False, keys=BARE) -> tuple[float, torch.Tensor]:
+    """Seconds of one forward + backward of ``<fn(*inp[keys]), w>``, and the output.
 
-    ``sync``: wait for the GPU before reading the clock.
+    ``sync``: wait for the GPU before reading the clock. The gradients are left on the
+    returned output's ``grads`` attribute (a dict of ``keys``).
     """
-    leaves = [inp[k].detach().clone().requires_grad_() for k in ("u", "delta", "A", "B", "C", "D")]
+    leaves = [inp[k].detach().clone().requires_grad_() for k in keys]
     t0 = time.perf_counter()
     out = fn(*leaves)
     (out * inp["w"]).sum().backward()
     if sync:
         torch.cuda.synchronize()
-    return time.perf_counter() - t0, out.detach()
+    seconds = time.perf_counter() - t0
+    result = out.detach()
+    result.grads = {k: leaf.grad for k, leaf in zip(keys, leaves, strict=True)}
+    return seconds, result
 
 
-def time_interleaved(methods: dict, repeats: int, ours_factor: int, sync: bool = False):
+def time_interleaved(methods: dict, repeats: int, ours_factor: int, sync: bool = False, keys=BARE):
     """Median seconds per method, runs interleaved round-robin after one warm-up each.
 
     Interleaving spreads any background load over all methods alike; the short method
@@ -120,11 +139,11 @@ def time_interleaved(methods: dict, repeats: int, ours_factor: int, sync: bool =
     times = {name: [] for name in methods}
     outputs = {}
     for name, (fn, inp) in methods.items():
-        outputs[name] = run_fwd_bwd(fn, inp, sync)[1]  # warm-up (and JIT)
+        outputs[name] = run_fwd_bwd(fn, inp, sync, keys)[1]  # warm-up (and JIT)
     for _ in range(repeats):
         for name, (fn, inp) in methods.items():
             for _ in range(ours_factor if name == "ours" else 1):
-                seconds, outputs[name] = run_fwd_bwd(fn, inp, sync)
+                seconds, outputs[name] = run_fwd_bwd(fn, inp, sync, keys)
                 times[name].append(seconds)
     return {name: (statistics.median(times[name]), outputs[name]) for name in methods}
 
@@ -134,25 +153,34 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def cuda_comparison(args) -> dict:
-    """mamba_ssm's selective_scan_fn vs ours on the GPU, or the reason it cannot run."""
+    """mamba_ssm's selective_scan_fn vs our torch back end on the GPU, or why it cannot run.
+
+    Both get the Mamba block's full call (``z``, ``D``, ``delta_bias``, softplus in the scan),
+    in float32; the errors are of the output and of every gradient, relative to ours.
+    """
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device visible to torch"}
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception as err:  # noqa: BLE001 - any import failure means: skip, say why
-        return {"skipped": f"mamba_ssm does not import ({type(err).__name__}: {err})"}
+    status = cuda_backend_status()
+    if not status.available:
+        return {"skipped": status.describe()}
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    def theirs(u, delta, A, B, C, D, z, delta_bias):
+        return selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True)
+
+    def ours_torch(u, delta, A, B, C, D, z, delta_bias):
+        return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True)
+
     rows = []
     for length in args.lengths:
         inp = make_inputs(args.batch, args.d_inner, args.d_state, length, device="cuda")
-
-        def theirs(u, delta, A, B, C, D):
-            return selective_scan_fn(u, delta, A, B, C, D)
-
-        def ours_torch(u, delta, A, B, C, D):
-            return selective_scan_torch(u, delta, A, B, C, D)
-
+        inp = {**inp, "delta": inp["delta_raw"]}
         res = time_interleaved(
-            {"mamba_ssm": (theirs, inp), "ours_torch": (ours_torch, inp)}, args.repeats, 1, sync=True
+            {"mamba_ssm": (theirs, inp), "ours_torch": (ours_torch, inp)},
+            args.repeats,
+            1,
+            sync=True,
+            keys=FULL,
         )
         (t_theirs, out_theirs), (t_ours, out_ours) = res["mamba_ssm"], res["ours_torch"]
         rows.append(
@@ -160,10 +188,11 @@ def cuda_comparison(args) -> dict:
                 "length": length,
                 "mamba_ssm_s": t_theirs,
                 "ours_torch_s": t_ours,
-                "max_rel_err": rel_err(out_ours, out_theirs),
+                "max_rel_err": rel_err(out_theirs, out_ours),
+                "grad_rel_err": {k: rel_err(out_theirs.grads[k], out_ours.grads[k]) for k in FULL},
             }
         )
-    return {"rows": rows}
+    return {"rows": rows, "kernels": status.describe()}
 
 
 def main(argv=None) -> int:
@@ -176,6 +205,14 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--ours-factor", type=int, default=5, help="runs of ours per round (it is short, so more samples)"
     )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=["ours", "loop", "mambapy"],
+        default=["ours", "loop", "mambapy"],
+        help="CPU methods timed (default: all three; ratios need ours and the other)",
+    )
+    parser.add_argument("--skip-cuda", action="store_true", help="do not run the GPU comparison")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -202,27 +239,29 @@ def main(argv=None) -> int:
     rows = []
     for length in args.lengths:
         inp = make_inputs(args.batch, args.d_inner, args.d_state, length)
-        res = time_interleaved(
-            {
-                "ours": (scan_ours, inp),
-                "loop": (scan_loop, inp),
-                "mambapy": (scan_mambapy, to_mambapy_layout(inp)),
-            },
-            args.repeats,
-            args.ours_factor,
-        )
-        (t_ours, y_ours), (t_loop, y_loop), (t_mpy, y_mpy) = (res["ours"], res["loop"], res["mambapy"])
-        rows.append(
-            {
-                "length": length,
-                "ours_s": t_ours,
-                "loop_s": t_loop,
-                "mambapy_s": t_mpy,
-                "err_ours_vs_loop": rel_err(y_ours, y_loop),
-                "err_mambapy_vs_loop": rel_err(rearrange(y_mpy, "b l d -> b d l"), y_loop),
-            }
-        )
+        every = {
+            "ours": (scan_ours, inp),
+            "loop": (scan_loop, inp),
+            "mambapy": (scan_mambapy, to_mambapy_layout(inp)),
+        }
+        res = time_interleaved({m: every[m] for m in args.methods}, args.repeats, args.ours_factor)
+        row = {"length": length, **{f"{m}_s": res[m][0] for m in args.methods}}
+        if "loop" in res:
+            y_loop = res["loop"][1]
+            if "ours" in res:
+                row["err_ours_vs_loop"] = rel_err(res["ours"][1], y_loop)
+            if "mambapy" in res:
+                row["err_mambapy_vs_loop"] = rel_err(rearrange(res["mambapy"][1], "b l d -> b d l"), y_loop)
+        rows.append(row)
         print(f"L={length}: done", file=sys.stderr)
+
+    def cell(row, key, fmt):
+        return format(row[key], fmt) if key in row else "n/a"
+
+    def ratio(row, other):
+        return (
+            f"{row[f'{other}_s'] / row['ours_s']:.1f}x" if f"{other}_s" in row and "ours_s" in row else "n/a"
+        )
 
     print(
         "| L | loop (s) | mambapy pscan (s) | ours (s) | loop / ours | mambapy / ours "
@@ -231,29 +270,33 @@ def main(argv=None) -> int:
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['length']} | {r['loop_s']:.3f} | {r['mambapy_s']:.3f} | {r['ours_s']:.3f} "
-            f"| {r['loop_s'] / r['ours_s']:.1f}x | {r['mambapy_s'] / r['ours_s']:.1f}x "
-            f"| {r['err_ours_vs_loop']:.1e} |"
+            f"| {r['length']} | {cell(r, 'loop_s', '.3f')} | {cell(r, 'mambapy_s', '.3f')} "
+            f"| {cell(r, 'ours_s', '.3f')} | {ratio(r, 'loop')} | {ratio(r, 'mambapy')} "
+            f"| {cell(r, 'err_ours_vs_loop', '.1e')} |"
         )
     growth = []
     for short, long in zip(rows, rows[1:], strict=False):
-        ratio = long["ours_s"] / short["ours_s"]
-        growth.append({"from": short["length"], "to": long["length"], "ratio": ratio})
+        if "ours_s" not in short:
+            break
+        growth_ratio = long["ours_s"] / short["ours_s"]
+        growth.append({"from": short["length"], "to": long["length"], "ratio": growth_ratio})
         print(
-            f"\nours({long['length']}) / ours({short['length']}) = {ratio:.2f} "
+            f"\nours({long['length']}) / ours({short['length']}) = {growth_ratio:.2f} "
             f"(length ratio {long['length'] / short['length']:.2f})"
         )
 
-    cuda = cuda_comparison(args)
+    cuda = {"skipped": "--skip-cuda"} if args.skip_cuda else cuda_comparison(args)
     if "skipped" in cuda:
         print(f"\nCUDA comparison with mamba_ssm skipped: {cuda['skipped']}")
     else:
-        print("\n| L (GPU) | mamba_ssm (s) | ours, torch back end (s) | max rel err |")
-        print("|---:|---:|---:|---:|")
+        print(f"\nGPU, {cuda['kernels']}; float32, z, D, delta_bias and softplus in the scan\n")
+        print("| L (GPU) | mamba_ssm (s) | ours, torch back end (s) | max rel err out | max rel err grads |")
+        print("|---:|---:|---:|---:|---:|")
         for r in cuda["rows"]:
+            worst = max(r["grad_rel_err"], key=r["grad_rel_err"].get)
             print(
                 f"| {r['length']} | {r['mamba_ssm_s']:.4f} | {r['ours_torch_s']:.4f} "
-                f"| {r['max_rel_err']:.1e} |"
+                f"| {r['max_rel_err']:.1e} | {r['grad_rel_err'][worst]:.1e} ({worst}) |"
             )
     if args.json:
         with open(args.json, "w") as fh:

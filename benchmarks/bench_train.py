@@ -3,7 +3,7 @@
 One step is what :func:`neurossm_app.group.train.train_model` does per batch: cut the random
 windows, forward, class-weighted cross-entropy, backward, gradient clipping, AdamW, one-cycle
 schedule (and, on CUDA, the autocast dtype of :func:`~neurossm_app.group.train.autocast_dtype`:
-bf16 where supported, else fp16 with a gradient scaler). The benchmark calls ``train_model``
+bf16 from compute capability 8.0, else fp16 with a gradient scaler). The benchmark calls ``train_model``
 itself (one epoch of ``--steps-per-call`` batches per call), on synthetic windows of each
 preset's shape, with the model the group level builds (:func:`neurossm_app.group.models.
 build_neurossm` with the preset's architecture: d_model 128, 2 layers, scales 1 2 4, raw + diff,
@@ -15,6 +15,10 @@ cutting, but not the optimizer and scheduler construction of each call. Back end
 interleaved round-robin (every round runs one call per back end), the first ``--warmup``
 rounds are dropped (numba compilation, allocator warm-up), and the median step is reported,
 so background load falls on every back end alike.
+
+Agreement between the back ends: the loss of the first call (same initial weights, data and
+dropout masks) and, before the rounds, every parameter's gradient of one batch (eval mode, the
+autocast of ``train_model``), as the largest relative difference over the parameters.
 
 Peak memory per back end, taken in the first round: on CPU the resident-set high-water mark of
 this process during its call (the counter ``resource.getrusage().ru_maxrss`` reports, reset
@@ -175,6 +179,36 @@ def make_data(shape: Shape, n_series: int, seed: int):
     return series, labels
 
 
+def batch_gradients(model, series, labels, shape: Shape, device) -> list:
+    """Every parameter's gradient of the class-weighted loss of one batch (the first windows
+    of the first scans), in eval mode (no dropout) and with the autocast of ``train_model``."""
+    import numpy as np
+    import torch
+
+    from neurossm_app.group.train import autocast_dtype, class_weights
+
+    windows = np.stack([s[:, : shape.window] for s in series[: shape.batch_size]])
+    x = torch.from_numpy(windows).to(device)
+    y = torch.as_tensor(labels[: shape.batch_size], dtype=torch.long, device=device)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights(labels, shape.n_classes).to(device))
+    amp = autocast_dtype(device)
+    model.eval()
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        loss = loss_fn(model(x).float(), y)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    model.train()
+    return [g.detach().double().cpu() for g in grads]
+
+
+def gradient_difference(ours: list, ref: list) -> float:
+    """max over parameters of max|ours - ref| / max|ref|, the denominator floored at 1e-3 of
+    the largest reference gradient (some gradients are 0 but for round-off: the attention
+    keys' bias, which softmax ignores)."""
+    floor = 1e-3 * max(r.abs().max().item() for r in ref)
+    pairs = zip(ours, ref, strict=True)
+    return max((a - b).abs().max().item() / max(b.abs().max().item(), floor) for a, b in pairs)
+
+
 def bench_shape(shape: Shape, backends: list[str], device_name: str, args) -> dict:
     """Interleaved training calls for every back end on one preset's shape.
 
@@ -208,6 +242,7 @@ def bench_shape(shape: Shape, backends: list[str], device_name: str, args) -> di
         model.register_forward_pre_hook(clocks[backend])
         models[backend] = model.to(device)
     n_params = sum(p.numel() for p in models[backends[0]].parameters())
+    grads = {b: batch_gradients(models[b], series, labels, shape, device) for b in backends}
 
     times: dict[str, list[float]] = {b: [] for b in backends}
     peaks: dict[str, list[float]] = {b: [] for b in backends}
@@ -267,6 +302,7 @@ def bench_shape(shape: Shape, backends: list[str], device_name: str, args) -> di
             "peak_mb": max(peaks[backend]),
             "start_mb": statistics.median(before[backend]),
             "first_loss": first_loss[backend],
+            "grad_rel_diff": gradient_difference(grads[backend], grads[backends[0]]),
         }
     return {
         "preset": shape.preset,
@@ -296,7 +332,7 @@ def print_table(rows: list[dict], backends: list[str], on_gpu: bool) -> None:
         header.append(f"{other} / {ref} time")
     header += [f"{b} {mem} (at call start)" for b in backends]
     if len(backends) > 1:
-        header.append(f"first-step loss diff, {ref} vs {other}")
+        header += [f"first-step loss diff, {ref} vs {other}", "gradient diff"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * 4 + "---:|" * (len(header) - 4))
     for row in rows:
@@ -315,6 +351,7 @@ def print_table(rows: list[dict], backends: list[str], on_gpu: bool) -> None:
         cells += [f"{res[b]['peak_mb']:.0f}{star} ({res[b]['start_mb']:.0f})" for b in backends]
         if len(backends) > 1:
             cells.append(f"{abs(res[ref]['first_loss'] - res[other]['first_loss']):.1e}")
+            cells.append(f"{res[other]['grad_rel_diff']:.1e}")
         print("| " + " | ".join(cells) + " |")
     if not on_gpu and not all(row["rss_reset"] for row in rows):
         print("\n* process-wide peak so far (the RSS high-water mark could not be reset here)")
@@ -349,14 +386,12 @@ def machine_info(threads: int) -> dict:
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["cuda"] = torch.version.cuda
-        try:
-            import mamba_ssm
+        from neurossm_app.model.backends import cuda_backend_status
 
-            info["mamba_ssm"] = mamba_ssm.__version__
-        except Exception as err:  # noqa: BLE001 - any import failure: record it, the run says why
-            info["mamba_ssm"] = f"does not import ({type(err).__name__}: {err})"
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["capability"] = list(torch.cuda.get_device_capability(0))
+        info["cuda"] = torch.version.cuda
+        info["kernels"] = cuda_backend_status().describe()
     return info
 
 
@@ -418,9 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be at least 1 and --warmup at least 0")
 
-    # As the CLI's limit_threads, before numba and torch are imported. NUMBA_NUM_THREADS matters
-    # most: numba's OpenMP layer shares torch's libgomp, and a numba team larger than torch's
-    # thread count made every PyTorch operation wait at a barrier (30x slower steps under load).
+    # As the CLI's limit_threads, before numba and torch are imported (the BLAS pools size
+    # themselves at load). The scan bounds numba by torch's count itself; a numba pool that reset
+    # torch's count made every PyTorch operation wait at a barrier (30x slower steps under load).
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[var] = str(args.threads)
     import torch
@@ -457,11 +492,13 @@ def main(argv: list[str] | None = None) -> int:
             shape = preset_shape(preset, args.batch_size)
             rows.append(bench_shape(shape, backends, device, args))
         steps_per_call, args.steps_per_call = args.steps_per_call, saved
-        where = (
-            f"GPU {meta.get('gpu')}, {'bf16' if torch.cuda.is_bf16_supported() else 'fp16'} autocast"
-            if device == "cuda"
-            else f"CPU, {args.threads} threads, float32"
-        )
+        if device == "cuda":
+            from neurossm_app.group.train import autocast_dtype
+
+            amp = autocast_dtype(torch.device("cuda"))
+            where = f"GPU {meta.get('gpu')}, {str(amp).removeprefix('torch.')} autocast; {meta['kernels']}"
+        else:
+            where = f"CPU, {args.threads} threads, float32"
         print(f"\n## {where}; {steps_per_call} step(s) per call\n")
         print_table(rows, backends, device == "cuda")
         print()
