@@ -15,7 +15,7 @@ from neurossm_app.errors import EX_USAGE
 
 class BidsAppParser(argparse.ArgumentParser):
     """argparse that accepts ``--participant_label`` for ``--participant-label`` and exits 64
-    (the BIDS-Apps draft's usage error) with the usage and one error line on stderr."""
+    (the BIDS-Apps draft's usage error): the usage on stdout, one error line on stderr."""
 
     def _parse_optional(self, arg_string):
         if arg_string.startswith("--") and "_" in arg_string.split("=")[0]:
@@ -24,7 +24,7 @@ class BidsAppParser(argparse.ArgumentParser):
         return super()._parse_optional(arg_string)
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
+        self.print_usage(sys.stdout)
         self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
 
 

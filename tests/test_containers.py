@@ -268,7 +268,8 @@ def test_cuda_stages_use_pinned_cuda_images(docker):
     assert len(cuda) == 1, f"builder and runtime use different CUDA versions: {cuda}"
     assert any("--from=builder" in copy for copy in runtime.all("COPY"))
     for stage in (runtime, _stage(docker, "base-cpu"), docker.final):
-        assert not any(word in run for run in stage.all("RUN") for word in ("nvcc", '-dev"', "build-essential"))
+        runs = stage.all("RUN")
+        assert not any(word in run for run in runs for word in ("nvcc", '-dev"', "build-essential"))
 
 
 def test_cpu_variant_has_no_cuda(docker):
