@@ -1,13 +1,18 @@
 """Group level: train and cross-validate NeuroSSM on the participant-level ROI time series.
 
+Read :mod:`.run` first: :func:`.run.run_group_level` is the whole level, top-down.
+
 - :mod:`.presets`: the study presets and the resolved :class:`~.presets.GroupSettings`
 - :mod:`.data`: finding series with pybids, labels, missing-value handling
 - :mod:`.splits`: folds by subject, saved to ``splits.tsv``
+- :mod:`.run_folder`: the run folder, its ``config.json`` and per-call logs
+- :mod:`.units`: one (fold, seed) unit: train, test, write, mark complete
 - :mod:`.train`, :mod:`.evaluate`: random-window training, full-length testing, metrics
 - :mod:`.baseline`: the ``fc-logreg`` baseline
 - :mod:`.checkpoints`: safetensors + JSON checkpoints
-- :mod:`.units`, :mod:`.aggregate`, :mod:`.run`: one (fold, seed) unit, the run-level tables,
-  and the whole run with resume
+- :mod:`.aggregate`: the run-level tables from the complete units
+- :mod:`.analysis`: ``--analysis``: CPA (:mod:`.cpa`), class maps (:mod:`.maps`) and Neurosynth
+  reference scores (:mod:`.neurosynth`)
 
 Nothing here imports nipype; the model is used through :mod:`.models` only.
 """
