@@ -24,11 +24,10 @@ ARG VARIANT=cuda
 ARG PYTHON_VERSION=3.11
 ARG TORCH_VERSION=2.5.1
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124
-ARG MAMBA_SSM_VERSION=2.2.4
-ARG CAUSAL_CONV1D_VERSION=1.5.0.post8
-# mamba-ssm 2.2.x imports transformers' generation utilities at import time; newer transformers
-# releases removed some of them, which would make `import mamba_ssm` fail (and the app fall back
-# to the slow PyTorch scan). Pin a release from the same months as mamba-ssm 2.2.4.
+ARG MAMBA_SSM_VERSION=2.3.0
+ARG CAUSAL_CONV1D_VERSION=1.6.0
+# mamba-ssm imports transformers' generation utilities at import time; 2.3.0 accepts transformers
+# 4.46 to 5 (setup.cfg's cuda extra bounds it), pinned here to a release tested with it.
 ARG TRANSFORMERS_VERSION=4.46.3
 ARG PIP_VERSION=24.3.1
 # The cpu variant: a Debian 12 base (Python 3.11 from Debian) and the CPU build of PyTorch. An
