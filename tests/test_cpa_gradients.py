@@ -35,17 +35,17 @@ def pathway_inputs_by_hand(x: torch.Tensor) -> dict[str, torch.Tensor]:
     return out
 
 
-def pathway_vector(model: NeuroSSM, name: str, x_p: torch.Tensor) -> torch.Tensor:
-    """h_p of one unpadded scan, (1, d)."""
-    return model.pathways[name](x_p, torch.ones(1, x_p.shape[-1], dtype=x_p.dtype), None)
+def pathway_vectors(model: NeuroSSM, name: str, x_p: torch.Tensor) -> torch.Tensor:
+    """h_p of a batch of unpadded scans, (n, d)."""
+    return model.pathways[name](x_p, torch.ones(x_p.shape[0], x_p.shape[-1], dtype=x_p.dtype), None)
 
 
-def fused_logit(model: NeuroSSM, vectors: dict[str, torch.Tensor], target: int) -> float:
-    """Attention pooling over the pathway vectors, LayerNorm and classifier, written out."""
-    h = torch.cat(list(vectors.values()), dim=0)  # (P, d)
-    scores = (h @ model.key.weight.T + model.key.bias) @ model.query / math.sqrt(h.shape[1])
-    fused = (torch.softmax(scores, dim=0)[:, None] * h).sum(dim=0)
-    return float(model.head(model.norm(fused))[target])
+def fused_logits(model: NeuroSSM, h: torch.Tensor, target: int) -> torch.Tensor:
+    """Attention pooling over the pathway vectors h (n, P, d), LayerNorm and classifier,
+    written out: the target logit of each of the n, (n,)."""
+    scores = (h @ model.key.weight.T + model.key.bias) @ model.query / math.sqrt(h.shape[-1])  # (n, P)
+    fused = (torch.softmax(scores, dim=1)[..., None] * h).sum(dim=1)  # (n, d)
+    return model.head(model.norm(fused))[:, target]
 
 
 @pytest.fixture(scope="module")
@@ -62,29 +62,33 @@ def tiny():
 
 @torch.no_grad()
 def independent_cpa(model: NeuroSSM, series: np.ndarray, target: int, eps: float = 1e-5):
-    """Maps m_p (P, R) by central finite differences and logit drops (P,), in float64."""
+    """Maps m_p (P, R) by central finite differences and logit drops (P,), in float64.
+
+    Every perturbed copy of a pathway input (+eps and -eps at each entry) runs as one batch
+    through that pathway; the other pathways' vectors stay as they are.
+    """
     model = copy.deepcopy(model).double().eval()
     model.set_backend("torch")
     inputs = pathway_inputs_by_hand(torch.from_numpy(series).double())
-    vectors = {name: pathway_vector(model, name, x_p) for name, x_p in inputs.items()}
-    logit = fused_logit(model, vectors, target)
+    names = tuple(inputs)
+    vectors = torch.cat([pathway_vectors(model, name, x_p) for name, x_p in inputs.items()])  # (P, d)
+    logit = float(fused_logits(model, vectors[None], target)[0])
     assert logit == pytest.approx(float(model(torch.from_numpy(series).double()[None])[0, target]), abs=1e-12)
     maps, drops = [], []
-    for name, x_p in inputs.items():
-        grad = torch.zeros_like(x_p)
-        for index in np.ndindex(*x_p.shape):
-            values = []
-            for step in (eps, -eps):
-                bumped = x_p.clone()
-                bumped[index] += step
-                values.append(
-                    fused_logit(model, {**vectors, name: pathway_vector(model, name, bumped)}, target)
-                )
-            grad[index] = (values[0] - values[1]) / (2 * eps)
+    for p, (name, x_p) in enumerate(inputs.items()):
+        n = x_p.numel()
+        steps = torch.eye(n, dtype=x_p.dtype).reshape(n, *x_p.shape[1:]) * eps  # (n, R, T_s)
+        bumped = torch.cat([x_p + steps, x_p - steps])  # (2n, R, T_s)
+        h = vectors.expand(2 * n, *vectors.shape).clone()  # (2n, P, d)
+        h[:, p] = pathway_vectors(model, name, bumped)
+        up, down = fused_logits(model, h, target).split(n)
+        grad = ((up - down) / (2 * eps)).reshape(x_p.shape)
         m = (x_p * grad).abs().sum(dim=-1)[0]  # (R,)
         maps.append((m / m.sum()).numpy())
-        drops.append(logit - fused_logit(model, {**vectors, name: torch.zeros_like(vectors[name])}, target))
-    return tuple(inputs), np.stack(maps), np.array(drops), logit
+        ablated = vectors.clone()
+        ablated[p] = 0
+        drops.append(logit - float(fused_logits(model, ablated[None], target)[0]))
+    return names, np.stack(maps), np.array(drops), logit
 
 
 @pytest.fixture(scope="module")
