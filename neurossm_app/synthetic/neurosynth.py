@@ -88,8 +88,6 @@ def write_neurosynth_database(
     list of Path
         Coordinates, metadata, features, vocabulary.
     """
-    from scipy import sparse
-
     from neurossm_app.fetch import neurosynth_files
     from neurossm_app.synthetic.atlas import build_atlas_volumes
 
@@ -98,9 +96,28 @@ def write_neurosynth_database(
     volumes = build_atlas_volumes()
     cortex = np.argwhere(volumes.schaefer > 0) @ volumes.grid.affine[:3, :3].T + volumes.grid.affine[:3, 3]
     vocabulary = sorted(set(foci) | set(FILLER_TERMS))
-    column = {term: k for k, term in enumerate(vocabulary)}
+    studies = _draw_studies(rng, foci, cortex, studies_per_term, n_background)
+    ids = [str(30000001 + i) for i in range(len(studies))]
+    files = neurosynth_files(Path(directory))
+    tables = _coordinates(ids, studies), _metadata(ids, studies)
+    _write_database(files, *tables, _features(studies, vocabulary))
+    with atomic_path(files[3]) as tmp:
+        tmp.write_text("\n".join(vocabulary) + "\n")
+    return files
 
-    studies: list[tuple[np.ndarray, dict[str, float]]] = []
+
+Study = tuple[np.ndarray, dict[str, float]]  # (foci (n, 3) in mm, term -> TF-IDF)
+
+
+def _draw_studies(
+    rng: np.random.Generator,
+    foci: dict[str, np.ndarray],
+    cortex: np.ndarray,
+    studies_per_term: int,
+    n_background: int,
+) -> list[Study]:
+    """Studies of each class term (foci near its planted parcels) and background studies, shuffled."""
+    studies: list[Study] = []
     for term, points in foci.items():
         for _ in range(studies_per_term):
             k = int(rng.integers(3, min(6, len(points)) + 1))
@@ -119,16 +136,22 @@ def write_neurosynth_database(
             tfidf[class_terms[index // 10 % len(class_terms)]] = 0.0005
         studies.append((points, tfidf))
     order = rng.permutation(len(studies))
-    studies = [studies[i] for i in order]
+    return [studies[i] for i in order]
 
-    ids = [str(30000001 + i) for i in range(len(studies))]
+
+def _coordinates(ids: list[str], studies: list[Study]) -> pd.DataFrame:
+    """Neurosynth's coordinates table: one row per focus."""
     coordinates, peak = [], 1
     for study_id, (points, _) in zip(ids, studies, strict=True):
         for x, y, z in np.round(points, 1):
             coordinates.append((study_id, int(study_id) % 100000, 1.0, peak, x, y, z))
             peak += 1
-    coords = pd.DataFrame(coordinates, columns=["id", "table_id", "table_num", "peak_id", "x", "y", "z"])
-    metadata = pd.DataFrame(
+    return pd.DataFrame(coordinates, columns=["id", "table_id", "table_num", "peak_id", "x", "y", "z"])
+
+
+def _metadata(ids: list[str], studies: list[Study]) -> pd.DataFrame:
+    """Neurosynth's metadata table: one row per study."""
+    return pd.DataFrame(
         {
             "id": ids,
             "doi": "n/a",
@@ -142,15 +165,26 @@ def write_neurosynth_database(
             "journal": "Synthetic",
         }
     )
+
+
+def _features(studies: list[Study], vocabulary: list[str]):
+    """The (studies, terms) sparse TF-IDF matrix."""
+    from scipy import sparse
+
+    column = {term: k for k, term in enumerate(vocabulary)}
     rows, cols, values = [], [], []
     for row, (_, tfidf) in enumerate(studies):
         for term, value in tfidf.items():
             rows.append(row)
             cols.append(column[term])
             values.append(value)
-    features = sparse.csc_matrix((values, (rows, cols)), shape=(len(studies), len(vocabulary)))
+    return sparse.csc_matrix((values, (rows, cols)), shape=(len(studies), len(vocabulary)))
 
-    files = neurosynth_files(Path(directory))
+
+def _write_database(files: list[Path], coords: pd.DataFrame, metadata: pd.DataFrame, features) -> None:
+    """Coordinates and metadata as reproducible .tsv.gz, features as .npz (fixed zip dates)."""
+    from scipy import sparse
+
     files[0].parent.mkdir(parents=True, exist_ok=True)
     for frame, path in ((coords, files[0]), (metadata, files[1])):
         text = frame.to_csv(sep="\t", index=False, lineterminator="\n").encode()
@@ -161,9 +195,6 @@ def write_neurosynth_database(
     with atomic_path(files[2]) as tmp:
         sparse.save_npz(tmp, features, compressed=True)
         _fix_zip_timestamps(tmp)
-    with atomic_path(files[3]) as tmp:
-        tmp.write_text("\n".join(vocabulary) + "\n")
-    return files
 
 
 def _fix_zip_timestamps(path: Path) -> None:

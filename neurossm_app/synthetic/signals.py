@@ -225,6 +225,28 @@ def confounds_table(
     columns["rmsd"] = relative_rms_displacement(motion)
 
     cosines = cosine_basis(n_vols, tr)
+    compcor, metadata = _compcor_columns(bold, tissue, cosines, n_compcor)
+    columns |= compcor
+    for k in range(cosines.shape[1]):
+        columns[f"cosine{k:02d}"] = cosines[:, k]
+    for k, name in enumerate(MOTION_NAMES):
+        columns |= _expansions(name, motion[:, k])
+    outliers = np.flatnonzero(
+        (np.nan_to_num(fd) > FD_OUTLIER_MM) | (np.nan_to_num(columns["std_dvars"]) > STD_DVARS_OUTLIER)
+    )
+    for k, frame in enumerate(outliers):
+        one_hot = np.zeros(n_vols)
+        one_hot[frame] = 1.0
+        columns[f"motion_outlier{k:02d}"] = one_hot
+    return pd.DataFrame(columns), metadata
+
+
+def _compcor_columns(
+    bold: np.ndarray, tissue: dict[str, np.ndarray], cosines: np.ndarray, n_compcor: int
+) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """``t_``, ``c_``, ``w_`` and ``a_comp_cor_NN`` columns and their JSON entries, as fMRIPrep
+    names and describes them."""
+    columns: dict[str, np.ndarray] = {}
     metadata: dict[str, dict] = {}
     n_small = max(1, n_compcor - 2)
     temporal_variance = bold.var(axis=1)
@@ -251,15 +273,4 @@ def confounds_table(
             if mask_name is not None:
                 entry["Mask"] = mask_name
             metadata[name] = entry
-    for k in range(cosines.shape[1]):
-        columns[f"cosine{k:02d}"] = cosines[:, k]
-    for k, name in enumerate(MOTION_NAMES):
-        columns |= _expansions(name, motion[:, k])
-    outliers = np.flatnonzero(
-        (np.nan_to_num(fd) > FD_OUTLIER_MM) | (np.nan_to_num(columns["std_dvars"]) > STD_DVARS_OUTLIER)
-    )
-    for k, frame in enumerate(outliers):
-        one_hot = np.zeros(n_vols)
-        one_hot[frame] = 1.0
-        columns[f"motion_outlier{k:02d}"] = one_hot
-    return pd.DataFrame(columns), metadata
+    return columns, metadata
