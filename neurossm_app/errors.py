@@ -19,6 +19,7 @@ EX_NO_FILES = 18
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_NOINPUT = 66
+EX_UNAVAILABLE = 69
 EX_CANTCREAT = 73
 
 
@@ -50,6 +51,12 @@ class NoFilesSelectedError(NeurossmError):
     """The filters (participant, session, task, filter file) selected nothing."""
 
     exit_code = EX_NO_FILES
+
+
+class BackendUnavailableError(NeurossmError):
+    """A compute back end that was asked for explicitly (``--device cuda``) cannot run here."""
+
+    exit_code = EX_UNAVAILABLE
 
 
 class ValidationError(NeurossmError):

@@ -20,7 +20,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from neurossm_app.errors import UsageError
+from neurossm_app.errors import BackendUnavailableError, UsageError
+from neurossm_app.model.backends import autocast_dtype_for_capability, cuda_backend_status
 
 LOGGER = logging.getLogger("neurossm_app")
 
@@ -52,10 +53,16 @@ class TrainSettings:
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``.
 
+    ``auto`` on a GPU without mamba-ssm's kernels trains with the PyTorch scan (one warning,
+    from :mod:`neurossm_app.model.backends`); ``cuda`` asks for the kernels and refuses without
+    them, rather than running many times slower than the user planned for.
+
     Raises
     ------
     UsageError
         ``cuda`` was asked for and no GPU is visible.
+    BackendUnavailableError
+        ``cuda`` was asked for and mamba-ssm's kernels do not import (exit 69).
     """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -63,6 +70,13 @@ def resolve_device(device: str) -> torch.device:
         raise UsageError(
             "--device cuda but torch sees no GPU; use --device cpu or check CUDA_VISIBLE_DEVICES."
         )
+    if device == "cuda":
+        status = cuda_backend_status()
+        if not status.available:
+            raise BackendUnavailableError(
+                f"--device cuda but mamba-ssm's CUDA kernels do not import ({status.error}); install "
+                "them as docs/installation.md says, or use --device auto to train with the PyTorch scan."
+            )
     return torch.device(device)
 
 
@@ -121,10 +135,11 @@ def random_windows(series: list[np.ndarray], window: int, rng: np.random.Generat
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """Mixed-precision dtype for ``device``: bf16/fp16 on CUDA, ``None`` (full precision) elsewhere."""
+    """Mixed-precision dtype for ``device``: bf16 from compute capability 8.0, fp16 (with a gradient
+    scaler) below, ``None`` (full precision) off CUDA; see ``autocast_dtype_for_capability``."""
     if device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return autocast_dtype_for_capability(torch.cuda.get_device_capability(device))
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:

@@ -26,6 +26,7 @@ from neurossm_app.group.evaluate import METRICS, classification_metrics, predict
 from neurossm_app.group.models import build_neurossm
 from neurossm_app.group.presets import GroupSettings
 from neurossm_app.group.train import TrainSettings, reproducible, train_model, unit_seed
+from neurossm_app.model.backends import backend_summary
 from neurossm_app.provenance import GROUP_PACKAGES, software_versions
 
 LOGGER = logging.getLogger("neurossm_app")
@@ -133,7 +134,7 @@ def run_unit(
         "complete": True,
         "checkpoint": str(checkpoint.relative_to(run_dir)),
         "checkpoint_sha256": info["sha256"],
-        **unit_provenance(device, trained_s, started),
+        **unit_provenance(device, settings, trained_s, started),
     }
     write_json(unit_dir(run_dir, fold, seed) / MARKER, marker)  # last: marks the unit complete
     summary = ", ".join(f"{m['model']} accuracy {m['accuracy']:.3f}" for m in metrics)
@@ -141,10 +142,14 @@ def run_unit(
     return marker
 
 
-def unit_provenance(device: torch.device, neurossm_seconds: float, started: float) -> dict[str, Any]:
-    """Where and how long a unit ran, and with which software (part of ``unit.json``)."""
+def unit_provenance(
+    device: torch.device, settings: GroupSettings, neurossm_seconds: float, started: float
+) -> dict[str, Any]:
+    """Where, on which scan back end and how long a unit ran, and with which software (part of
+    ``unit.json``)."""
     return {
         "device": str(device),
+        **backend_summary(device, d_state=settings.d_state, d_conv=settings.d_conv),
         "torch_threads": torch.get_num_threads(),
         "neurossm_seconds": round(neurossm_seconds, 2),
         "total_seconds": round(time.time() - started, 2),
