@@ -250,23 +250,26 @@ def run_scenario(
 
 
 def print_table(result: dict) -> None:
-    median = result["median"]
-    reference = median["nilearn"]["wall_s"]
-    print(
-        f"\n{result['scenario']} ({result['subjects']} run(s), --nprocs {result['nprocs']}), "
-        "median of rounds:\n"
-    )
+    """Medians over rounds; the ratio and the CPU share are taken per round (methods of one round
+    ran back to back, under the same load), then their median."""
+    rounds, procs = result["rounds"], result["nprocs"]
+    print(f"\n{result['scenario']} ({result['subjects']} run(s), --nprocs {procs}), median of rounds:\n")
     print(
         "| method | wall s | CPU s | CPU / (wall x nprocs) | nilearn wall / wall | largest process MB "
-        "| tree peak MB | extract node s | report node s |"
+        "| tree peak MB | extract node s | report node s | load |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for method, m in median.items():
-        procs = result["nprocs"] if method != "nilearn" else 1
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for method, rows in rounds.items():
+        n = procs if method != "nilearn" else 1
+        m = result["median"][method]
+        share = statistics.median(r["cpu_s"] / (r["wall_s"] * n) for r in rows)
+        ratio = statistics.median(
+            ref["wall_s"] / r["wall_s"] for ref, r in zip(rounds["nilearn"], rows, strict=True)
+        )
         print(
-            f"| {method} | {m['wall_s']:.1f} | {m['cpu_s']:.1f} | {m['cpu_s'] / (m['wall_s'] * procs):.0%} "
-            f"| {reference / m['wall_s']:.2f} | {m['max_process_mb']:.0f} | {m['tree_peak_mb']:.0f} "
-            f"| {m.get('extract_s', float('nan')):.2f} | {m.get('ds_report_s', float('nan')):.2f} |"
+            f"| {method} | {m['wall_s']:.1f} | {m['cpu_s']:.1f} | {share:.0%} | {ratio:.2f} "
+            f"| {m['max_process_mb']:.0f} | {m['tree_peak_mb']:.0f} | {m.get('extract_s', float('nan')):.2f} "
+            f"| {m.get('ds_report_s', float('nan')):.2f} | {m['load']:.1f} |"
         )
 
 
@@ -287,7 +290,12 @@ def main() -> None:
         "--quick", action="store_true", help="T = 150 and a 6-subject cohort of 100 volumes, 1 round"
     )
     parser.add_argument("--json", type=Path, help="also write every measurement here")
+    parser.add_argument("--table", type=Path, help="print the tables of a --json file and stop")
     args = parser.parse_args()
+    if args.table:
+        for result in json.loads(args.table.read_text()):
+            print_table(result)
+        return
     if args.quick:
         args.rounds, args.subjects = 1, 6
     data = args.data or Path(tempfile.mkdtemp(prefix="bench-participant-"))

@@ -8,6 +8,7 @@ import logging
 import re
 import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 from neurossm_app import __version__
@@ -43,7 +44,7 @@ def run_participant(opts: argparse.Namespace) -> None:
         atlas.n_rois,
         settings.strategy,
     )
-    progress = _ProgressLog(len(runs))
+    progress = _ProgressLog(runs, output_dir)
     try:
         _run_workflow(runs, atlas, settings, output_dir, opts, progress)
     finally:
@@ -52,9 +53,7 @@ def run_participant(opts: argparse.Namespace) -> None:
         if progress.done:
             dataset_description(output_dir, [opts.bids_dir])
             write_citation(output_dir, atlas=atlas, settings=settings)
-    from neurossm_app.reports.participant import build_participant_report
-
-    reports = [build_participant_report(output_dir, subject) for subject in subjects]
+    reports = [progress.reports.get(s) or _subject_report(output_dir, s) for s in subjects]
     LOGGER.info(
         "reports: %s", reports[0] if len(reports) == 1 else f"{output_dir}/sub-*.html ({len(reports)})"
     )
@@ -179,18 +178,36 @@ def _run_workflow(
 
 
 class _ProgressLog:
-    """nipype status callback: one log line per finished run (nipype's own lines need -v)."""
+    """nipype status callback: one log line per finished run (nipype's own lines need -v), and
+    each subject's report as soon as all its runs are written, while the workers go on with
+    other subjects (rather than one after the other once the workflow is done)."""
 
-    def __init__(self, total: int):
-        self.total = total
+    def __init__(self, runs: list, output_dir: Path):
+        self.total = len(runs)
         self.done = 0
+        self.output_dir = output_dir
+        # both sinks of every run of a subject, still to finish
+        self.pending = Counter(2 * [r.entities["subject"] for r in runs])
+        self.reports: dict[str, Path] = {}
 
     def __call__(self, node, status: str) -> None:
-        if status == "end" and node.name == "ds_timeseries":
+        if status != "end" or node.name not in ("ds_timeseries", "ds_report"):
+            return
+        subject = node.inputs.entities["subject"]
+        if node.name == "ds_timeseries":
             self.done += 1
             from neurossm_app.bids import run_label
 
             LOGGER.info("[%d/%d] %s written", self.done, self.total, run_label(node.inputs.entities))
+        self.pending[subject] -= 1
+        if self.pending[subject] == 0:
+            self.reports[subject] = _subject_report(self.output_dir, subject)
+
+
+def _subject_report(output_dir: Path, subject: str) -> Path:
+    from neurossm_app.reports.participant import build_participant_report
+
+    return build_participant_report(output_dir, subject)
 
 
 _OUR_ERROR = re.compile(r"neurossm_app\.errors\.(\w+): (.+)")

@@ -271,6 +271,12 @@ def write_run_reportlets(
     return written
 
 
+def _data_rows(tsv: Path) -> int:
+    """Rows of a TSV below its header, counted without parsing the numbers."""
+    with open(tsv, "rb") as handle:
+        return sum(1 for line in handle if line.strip()) - 1
+
+
 def build_participant_report(output_dir: str | os.PathLike, subject: str) -> Path:
     """Assemble ``OUTPUT_DIR/sub-<subject>.html`` from the subject's sidecars and reportlets."""
     output_dir = Path(output_dir)
@@ -284,7 +290,7 @@ def build_participant_report(output_dir: str | os.PathLike, subject: str) -> Pat
         summary_rows.append(
             {
                 "run": run_name,
-                "volumes": len(read_tsv(sidecar_file.with_suffix(".tsv"))),
+                "volumes": _data_rows(sidecar_file.with_suffix(".tsv")),
                 "TR (s)": meta["RepetitionTime"],
                 "censored": len(meta["CensoredVolumes"]),
                 "excluded ROIs": len(meta["ExcludedROIs"]),
