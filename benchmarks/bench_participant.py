@@ -26,7 +26,9 @@ Measured per call: wall time; CPU time (user + system of the process and every d
 waited for, from ``wait4``: nipype's MultiProc workers included); the largest single process's
 peak resident set (``ru_maxrss``); and the peak of the summed resident sets of the process tree,
 sampled every 0.1 s from /proc (shared pages counted in each process: an upper bound). For
-``ours``, the time nipype recorded for each run's ``extract`` and ``ds_report`` nodes.
+``ours``, the time nipype recorded for each run's ``extract`` and ``ds_report`` nodes, and their
+sum over (wall x nprocs): how full the scheduler kept its worker slots, which other jobs' load
+slows down but does not empty (unlike the CPU share).
 
     python benchmarks/bench_participant.py --data /tmp/bench-participant --json participant.json
     python benchmarks/bench_participant.py --quick    # a few minutes: T = 150, 6 subjects, 1 round
@@ -156,7 +158,8 @@ def measure(argv: list[str], env: dict[str, str], log: Path) -> dict:
 
 
 def node_seconds(work: Path) -> dict[str, float]:
-    """Mean duration nipype recorded for each run's ``extract`` and ``ds_report`` nodes."""
+    """Mean duration nipype recorded for each run's ``extract`` and ``ds_report`` nodes, and their
+    sum over all runs (``nodes_s``: the time worker slots were busy)."""
     from nipype.utils.filemanip import loadpkl
 
     found = {}
@@ -164,6 +167,7 @@ def node_seconds(work: Path) -> dict[str, float]:
         times = [loadpkl(p).runtime.duration for p in work.rglob(f"{node}/result_{node}.pklz")]
         if times:
             found[f"{node}_s"] = statistics.mean(times)
+            found["nodes_s"] = found.get("nodes_s", 0.0) + sum(times)
     return found
 
 
@@ -256,20 +260,21 @@ def print_table(result: dict) -> None:
     print(f"\n{result['scenario']} ({result['subjects']} run(s), --nprocs {procs}), median of rounds:\n")
     print(
         "| method | wall s | CPU s | CPU / (wall x nprocs) | nilearn wall / wall | largest process MB "
-        "| tree peak MB | extract node s | report node s | load |"
+        "| tree peak MB | extract node s | report node s | nodes / (wall x nprocs) | load |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for method, rows in rounds.items():
         n = procs if method != "nilearn" else 1
         m = result["median"][method]
         share = statistics.median(r["cpu_s"] / (r["wall_s"] * n) for r in rows)
+        busy = statistics.median(r.get("nodes_s", float("nan")) / (r["wall_s"] * n) for r in rows)
         ratio = statistics.median(
             ref["wall_s"] / r["wall_s"] for ref, r in zip(rounds["nilearn"], rows, strict=True)
         )
         print(
             f"| {method} | {m['wall_s']:.1f} | {m['cpu_s']:.1f} | {share:.0%} | {ratio:.2f} "
             f"| {m['max_process_mb']:.0f} | {m['tree_peak_mb']:.0f} | {m.get('extract_s', float('nan')):.2f} "
-            f"| {m.get('ds_report_s', float('nan')):.2f} | {m['load']:.1f} |"
+            f"| {m.get('ds_report_s', float('nan')):.2f} | {busy:.0%} | {m['load']:.1f} |"
         )
 
 
