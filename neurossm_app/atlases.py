@@ -1,24 +1,26 @@
 """Atlas registry: Schaefer2018 400 parcels (TemplateFlow) and AAL3v2 (nilearn).
 
-Atlases are looked up through the ecosystem's own fetchers so their caches are honoured:
-TemplateFlow reads ``TEMPLATEFLOW_HOME`` (set it before the process starts) and nilearn reads
-``--atlas-dir`` or ``NILEARN_DATA``. Nothing is downloaded unless the cache lacks the file and the
-network is there; offline, a missing atlas is one clear error naming the file and the pre-fetch
-command.
+Atlases are read from the caches the ecosystem's fetchers fill, by their file names there
+(:func:`atlas_files`): TemplateFlow's ``TEMPLATEFLOW_HOME`` and nilearn's data directories
+(``--atlas-dir``, else ``NILEARN_SHARED_DATA``, ``NILEARN_DATA``, ``~/nilearn_data``).
+``neurossm-app`` never downloads: a missing atlas is one clear error (exit 66) naming the file and
+the ``neurossm-app-fetch`` command that provides it (:mod:`neurossm_app.fetch`, the only place
+that downloads).
 """
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pandas as pd
 
 from neurossm_app.bids import TEMPLATE_SPACE
-from neurossm_app.errors import InputMissingError, UsageError
+from neurossm_app.errors import DataError, InputMissingError, UsageError
+from neurossm_app.files import is_present
 
 TEMPLATE = TEMPLATE_SPACE  # the atlases are resampled from the template of the BOLD space
 #: TemplateFlow ``res-`` of the Schaefer volume the participant level reads.
@@ -142,59 +144,67 @@ def roi_names(key: str) -> tuple[str, ...]:
     return tuple(table.sort_values("index")["name"].astype(str))
 
 
+def default_templateflow_home() -> Path:
+    """``TEMPLATEFLOW_HOME``, else TemplateFlow's own default (the user cache directory)."""
+    if os.environ.get("TEMPLATEFLOW_HOME"):
+        return Path(os.environ["TEMPLATEFLOW_HOME"]).expanduser()
+    from platformdirs import user_cache_dir  # templateflow's own default; importing it is cheap
+
+    return Path(user_cache_dir("templateflow"))
+
+
+def nilearn_data_dirs(atlas_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Where nilearn looks for its data, in its order: ``atlas_dir`` alone when given, else
+    ``NILEARN_SHARED_DATA``, ``NILEARN_DATA`` (``os.pathsep``-separated lists), ``~/nilearn_data``."""
+    if atlas_dir:
+        return [Path(atlas_dir).expanduser()]
+    found = []
+    for var in ("NILEARN_SHARED_DATA", "NILEARN_DATA"):
+        found += [Path(p).expanduser() for p in os.environ.get(var, "").split(os.pathsep) if p]
+    return [*found, Path.home() / "nilearn_data"]
+
+
 def get_atlas(key: str, atlas_dir: str | os.PathLike | None = None) -> Atlas:
-    """Resolve ``key`` (a :data:`ATLASES` key) to files in the local caches.
+    """Resolve ``key`` (a :data:`ATLASES` key) to files in the local caches; never downloads.
 
     Parameters
     ----------
     key
         ``schaefer400``, ``schaefer400-7n`` or ``aal3v2``.
     atlas_dir
-        nilearn data directory for AAL3v2 (default: ``NILEARN_DATA`` or ``~/nilearn_data``).
+        nilearn data directory for AAL3v2 (default: :func:`nilearn_data_dirs`).
+
+    Raises
+    ------
+    InputMissingError
+        The atlas is not in the cache (exit 66); the message gives the ``neurossm-app-fetch``
+        command that puts it there.
     """
     if key not in ATLASES:
         raise UsageError(f"unknown atlas {key!r}; choose one of {', '.join(ATLASES)}.")
     spec = ATLASES[key]
     if spec.source == "templateflow":
-        return _templateflow_atlas(spec)
+        return _templateflow_atlas(spec, default_templateflow_home())
     return _nilearn_aal(spec, atlas_dir)
 
 
-def _prefetch_hint(spec: AtlasSpec) -> str:
-    return f"pre-fetch it with `neurossm-app-fetch --atlas {spec.key}` on a machine with internet"
+def _fetch_command(spec: AtlasSpec, where: str) -> str:
+    return (
+        f"fetch it with `neurossm-app-fetch --atlas {spec.key} {where}` on a machine with internet "
+        "(neurossm-app never downloads at run time)"
+    )
 
 
-def _templateflow_atlas(spec: AtlasSpec) -> Atlas:
-    home = os.environ.get("TEMPLATEFLOW_HOME", str(Path.home() / ".cache" / "templateflow"))
-    wanted = atlas_files(spec.key, Path(home), Path())[0].name
-    try:
-        from templateflow import api as tflow
-
-        image = tflow.get(
-            TEMPLATE,
-            resolution=RUNTIME_RESOLUTION,
-            atlas="Schaefer2018",
-            desc=spec.desc,
-            suffix="dseg",
-            extension=".nii.gz",
-        )
-        table = tflow.get(TEMPLATE, atlas="Schaefer2018", desc=spec.desc, suffix="dseg", extension=".tsv")
-    except Exception as err:  # noqa: BLE001 - any fetch failure means "not available offline"
+def _templateflow_atlas(spec: AtlasSpec, home: Path) -> Atlas:
+    """The Schaefer volume and label table, read from ``TEMPLATEFLOW_HOME`` by their file names."""
+    image, table = atlas_files(spec.key, home, Path())
+    absent = [p for p in (image, table) if not is_present(p)]
+    if absent:
+        what = image.name if image in absent else f"the label table {table.name}"
+        also = " (and its .tsv label table)" if len(absent) == 2 else ""
         raise InputMissingError(
-            f"atlas {wanted} not found in TEMPLATEFLOW_HOME={home} ({type(err).__name__}); "
-            f"{_prefetch_hint(spec)}."
-        ) from None
-    image, table = _single(image), _single(table)
-    if image is None or table is None or not image.is_file() or not table.is_file():
-        entity = re.search(r"[/_]((?:atlas|desc|res|tpl|cohort|den|label|hemi|space)-[^/_]*)", home)
-        if entity:
-            raise InputMissingError(
-                f"TEMPLATEFLOW_HOME={home} contains '{entity.group(1)}', which TemplateFlow reads as a "
-                "BIDS entity, so no atlas matches; move the TemplateFlow folder to a path without it."
-            )
-        raise InputMissingError(
-            f"atlas {wanted} (and its .tsv label table) not found in TEMPLATEFLOW_HOME={home}; "
-            f"{_prefetch_hint(spec)}."
+            f"atlas {what}{also} not found in TEMPLATEFLOW_HOME={home}; "
+            f"{_fetch_command(spec, f'--templateflow-home {home}')}."
         )
     labels = pd.read_csv(table, sep="\t")
     if {"index", "name"} <= set(labels.columns):
@@ -205,25 +215,28 @@ def _templateflow_atlas(spec: AtlasSpec) -> Atlas:
     return Atlas(spec, image, tuple(indices[keep].astype(int)), tuple(names[keep].astype(str)))
 
 
-def _single(found) -> Path | None:
-    if isinstance(found, list):
-        return Path(found[0]) if len(found) == 1 else None
-    return Path(found) if found else None
-
-
 def _nilearn_aal(spec: AtlasSpec, atlas_dir: str | os.PathLike | None) -> Atlas:
-    from nilearn.datasets import fetch_atlas_aal
-    from nilearn.datasets.utils import get_data_dirs
-
-    data_dir = str(atlas_dir) if atlas_dir else None
-    where = data_dir or get_data_dirs()[0]
-    try:
-        # An already-cached file is returned without touching the network.
-        atlas = fetch_atlas_aal(version="3v2", data_dir=data_dir, verbose=0)
-    except Exception as err:  # noqa: BLE001 - nilearn raises several types for "cannot download"
+    """AAL3v2 from the first nilearn data directory that holds it, read as nilearn reads it."""
+    candidates = nilearn_data_dirs(atlas_dir)
+    for data_dir in candidates:
+        image, labels = atlas_files(spec.key, Path(), data_dir)
+        if is_present(image) and is_present(labels):
+            break
+    else:
+        where = ", ".join(str(d) for d in candidates)
         raise InputMissingError(
-            f"atlas aal_3v2/AAL3/AAL3v1.nii not found under {where} ({type(err).__name__}); "
-            f"{_prefetch_hint(spec)}, or pass --atlas-dir."
+            f"atlas aal_3v2/AAL3/AAL3v1.nii (and AAL3v1.xml) not found under {where}; "
+            f"{_fetch_command(spec, f'--nilearn-data {candidates[0]}')}, then pass --atlas-dir "
+            f"{candidates[0]} or set NILEARN_DATA."
+        )
+    try:
+        # nilearn.datasets.fetch_atlas_aal's reading of the label file (it would download a missing one).
+        root = ElementTree.parse(labels).getroot()
+        pairs = [(int(item.find("index").text), str(item.find("name").text)) for item in root.iter("label")]
+    except (ElementTree.ParseError, AttributeError, TypeError, ValueError) as err:
+        raise DataError(
+            f"{labels} is not an AAL label file ({type(err).__name__}); delete {labels.parent} and "
+            f"{_fetch_command(spec, f'--nilearn-data {data_dir}')}."
         ) from None
-    pairs = [(int(i), str(n)) for i, n in zip(atlas.indices, atlas.labels, strict=False) if int(i) != 0]
-    return Atlas(spec, Path(atlas.maps), tuple(i for i, _ in pairs), tuple(n for _, n in pairs))
+    pairs = [(i, n) for i, n in pairs if i != 0]
+    return Atlas(spec, image, tuple(i for i, _ in pairs), tuple(n for _, n in pairs))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from neurossm_app import __version__
 from neurossm_app.argtypes import BidsAppParser
-from neurossm_app.atlases import ATLASES, TEMPLATE, atlas_files
+from neurossm_app.atlases import ATLASES, TEMPLATE, atlas_files, default_templateflow_home, nilearn_data_dirs
 from neurossm_app.errors import (
     EX_NOINPUT,
     InputMissingError,
@@ -63,21 +63,9 @@ NEUROSYNTH_FILES = (
 # --------------------------------------------------------------------------------------------
 
 
-def default_templateflow_home() -> Path:
-    """``TEMPLATEFLOW_HOME``, else TemplateFlow's own default (the user cache directory)."""
-    if os.environ.get("TEMPLATEFLOW_HOME"):
-        return Path(os.environ["TEMPLATEFLOW_HOME"])
-    from platformdirs import user_cache_dir  # templateflow's own default; importing it is cheap
-
-    return Path(user_cache_dir("templateflow"))
-
-
 def default_nilearn_data() -> Path:
     """The first nilearn data directory (``NILEARN_SHARED_DATA``, ``NILEARN_DATA``, ``~/nilearn_data``)."""
-    for var in ("NILEARN_SHARED_DATA", "NILEARN_DATA"):
-        if os.environ.get(var):
-            return Path(os.environ[var].split(os.pathsep)[0])
-    return Path.home() / "nilearn_data"
+    return nilearn_data_dirs()[0]
 
 
 def _set_templateflow_home(home: Path) -> None:
@@ -231,8 +219,7 @@ def check(
         else:
             resolvable.append(key)
     if any(ATLASES[key].source == "templateflow" for key in resolvable):
-        _set_templateflow_home(templateflow_home)
-        os.environ.setdefault("TEMPLATEFLOW_AUTOUPDATE", "0")
+        _set_templateflow_home(templateflow_home)  # get_atlas reads TEMPLATEFLOW_HOME, as the app does
     if resolvable:
         from neurossm_app.atlases import get_atlas
 

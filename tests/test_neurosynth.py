@@ -49,7 +49,7 @@ def test_term_selection_matches_nimare_get_studies_by_label(nimare_copy):
             str(files[1]),
             annotations_files={"features": str(files[2]), "vocabulary": str(files[3])},
         )
-    database = NeurosynthDatabase.open(nimare_copy, download=False)
+    database = NeurosynthDatabase.open(nimare_copy)
     assert len(database.study_ids) == len(dataset.ids) == 20
     for term in ("activations", "acquisition", "12"):
         ours, rest = database.studies_with_term(term)
@@ -61,7 +61,7 @@ def test_term_selection_matches_nimare_get_studies_by_label(nimare_copy):
 
 
 def test_real_format_meta_analysis_and_cache(nimare_copy, tmp_path, atlas_cache):
-    database = NeurosynthDatabase.open(nimare_copy, download=False)
+    database = NeurosynthDatabase.open(nimare_copy)
     image, info = cached_term_map(database, "activations", tmp_path)
     assert (
         info["n_studies_term"] == 8 and info["n_studies_rest"] == 12 and info["map"] == "z_desc-association"
@@ -83,7 +83,7 @@ def test_synthetic_database_is_what_nimare_fetches_and_points_at_planted_rois(tm
     record = truth_record(planted_effects(["rest", "motor", "wm"]), {})
     write_neurosynth_database(tmp_path, record, seed=2)
     assert sorted(p.name for p in (tmp_path / "neurosynth").iterdir()) == sorted(NEUROSYNTH_FILES)
-    database = NeurosynthDatabase.open(tmp_path, download=False)
+    database = NeurosynthDatabase.open(tmp_path)
     assert {"motor", "working memory", "parkinson"} <= set(database.vocabulary)
     assert "rest" not in database.vocabulary  # classes without an effect or a term get no studies
     image, info = cached_term_map(database, "motor", tmp_path / "maps")
@@ -97,25 +97,28 @@ def test_synthetic_database_is_what_nimare_fetches_and_points_at_planted_rois(tm
     assert top[planted].mean() >= 0.8
 
 
-def test_offline_without_data_is_exit_66_naming_the_directory_and_command(tmp_path, monkeypatch):
-    import urllib.error
-
+def test_missing_data_is_exit_66_naming_the_directory_and_command_without_downloading(tmp_path, monkeypatch):
     import nimare.extract
 
-    def offline(**kwargs):
-        Path(kwargs["data_dir"], "neurosynth", NEUROSYNTH_FILES[0]).write_bytes(b"")  # as NiMARE leaves it
-        raise urllib.error.URLError("Name or service not known")
+    def fetch(**kwargs):
+        raise AssertionError("the group level must not download")
 
-    monkeypatch.setattr(nimare.extract, "fetch_neurosynth", offline)
+    monkeypatch.setattr(nimare.extract, "fetch_neurosynth", fetch)
+    directory = tmp_path / "cache" / "neurosynth"
     with pytest.raises(InputMissingError) as err:
-        ensure_neurosynth(tmp_path / "ns")
+        ensure_neurosynth(directory)
     message = str(err.value)
     assert err.value.exit_code == 66 and "\n" not in message
-    assert str(tmp_path / "ns" / "neurosynth") in message
-    assert f"neurossm-app-fetch --atlas none --neurosynth {tmp_path / 'ns'}" in message
-    assert not any((tmp_path / "ns" / "neurosynth").iterdir())  # no empty file blocks a later fetch
-    with pytest.raises(InputMissingError, match="pre-fetch it"):
-        ensure_neurosynth(tmp_path / "ns", download=False)
+    assert f"not found in {directory} (missing neurosynth/{NEUROSYNTH_FILES[0]} and 3 more)" in message
+    assert f"neurossm-app-fetch --atlas none --neurosynth {directory}" in message
+    assert "neurosynth/neurosynth" not in message and ".);" not in message
+    assert not directory.exists()  # nothing created
+    (directory / "neurosynth").mkdir(parents=True)
+    for name in NEUROSYNTH_FILES[:3]:
+        (directory / "neurosynth" / name).write_bytes(b"x")
+    (directory / "neurosynth" / NEUROSYNTH_FILES[3]).write_bytes(b"")  # an empty placeholder is missing
+    with pytest.raises(InputMissingError, match=f"missing neurosynth/{NEUROSYNTH_FILES[3]}\\)"):
+        ensure_neurosynth(directory)
 
 
 def test_class_terms_from_presets_and_override(tmp_path):

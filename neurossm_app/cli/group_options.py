@@ -200,8 +200,8 @@ def _add_analysis_options(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=default_neurosynth_dir(),
         metavar="DIR",
-        help="Neurosynth cache: NiMARE's files in DIR/neurosynth (downloaded on first use; offline, "
-        "pre-fetch with `neurossm-app-fetch --atlas none --neurosynth DIR`), term maps in DIR/maps "
+        help="Neurosynth cache: NiMARE's files in DIR/neurosynth (never downloaded at run time: fetch "
+        "them with `neurossm-app-fetch --atlas none --neurosynth DIR`), term maps in DIR/maps "
         "(default: $NEUROSYNTH_DIR, else ~/.cache/neurossm-app/neurosynth)",
     )
     group.add_argument(

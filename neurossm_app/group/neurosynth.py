@@ -2,9 +2,9 @@
 
 Data: the Neurosynth database (version 7, abstract terms, TF-IDF) as NiMARE's fetcher leaves it
 in ``NEUROSYNTH_DIR/neurosynth/`` (:func:`neurossm_app.fetch.fetch_neurosynth`, also what
-``neurossm-app-fetch --neurosynth DIR`` and ``neurossm-synth`` write). Missing files are fetched on
-first use; offline, that is one clear error (exit 66) naming the directory and the pre-fetch
-command.
+``neurossm-app-fetch --neurosynth DIR`` and ``neurossm-synth`` write). Nothing is fetched at run
+time: a missing file is one clear error (exit 66) naming the directory and the
+``neurossm-app-fetch`` command, raised before any unit trains (:func:`~neurossm_app.group.run.load_inputs`).
 
 Per term (design section 8): the studies whose TF-IDF for the term is at least 0.001 (NiMARE's
 ``Dataset.get_studies_by_label`` rule) against all the other studies,
@@ -133,8 +133,8 @@ def resolve_class_terms(
 # --------------------------------------------------------------------------------------------
 
 
-def ensure_neurosynth(directory: Path, download: bool = True) -> list[Path]:
-    """The Neurosynth files under ``directory/neurosynth``, fetched with NiMARE when missing.
+def ensure_neurosynth(directory: Path) -> list[Path]:
+    """The Neurosynth files under ``directory/neurosynth``; never downloads.
 
     Returns
     -------
@@ -144,29 +144,24 @@ def ensure_neurosynth(directory: Path, download: bool = True) -> list[Path]:
     Raises
     ------
     InputMissingError
-        Files missing and the download failed (offline) or ``download`` is False; the message
-        names the directory and the pre-fetch command.
+        A file is missing or empty (exit 66); the message names the directory, the first missing
+        file and the ``neurossm-app-fetch`` command that provides them.
     """
-    from neurossm_app.fetch import fetch_neurosynth, neurosynth_files
+    from neurossm_app.fetch import neurosynth_files
     from neurossm_app.files import is_present
 
     directory = Path(directory).expanduser().absolute()
     files = neurosynth_files(directory)
-    if all(is_present(p) for p in files):
+    missing = [p for p in files if not is_present(p)]
+    if not missing:
         return files
-    hint = (
-        f"pre-fetch it with `{FETCH_COMMAND} {directory}` on a machine with internet, or pass "
-        "--neurosynth-dir with a directory that holds it (the container image has a copy)"
+    more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+    raise InputMissingError(
+        f"Neurosynth data not found in {directory} (missing {missing[0].relative_to(directory)}{more}); "
+        f"fetch it with `{FETCH_COMMAND} {directory}` on a machine with internet (neurossm-app never "
+        "downloads at run time), or pass --neurosynth-dir with a directory that holds it (the container "
+        "image has a copy)."
     )
-    if not download:
-        raise InputMissingError(f"Neurosynth data not found in {directory / 'neurosynth'}; {hint}.")
-    LOGGER.info("Neurosynth data not in %s: downloading it with NiMARE (once)", directory)
-    try:
-        return fetch_neurosynth(directory)
-    except (InputMissingError, OutputError) as err:
-        raise InputMissingError(
-            f"Neurosynth data not found in {directory / 'neurosynth'} and not downloadable ({err}); {hint}."
-        ) from None
 
 
 @dataclass
@@ -186,10 +181,10 @@ class NeurosynthDatabase:
     _dataset: Any = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, directory: Path, download: bool = True) -> NeurosynthDatabase:
+    def open(cls, directory: Path) -> NeurosynthDatabase:
         """:func:`ensure_neurosynth`, then a lazy handle on the files."""
         directory = Path(directory).expanduser().absolute()
-        return cls(directory, ensure_neurosynth(directory, download))
+        return cls(directory, ensure_neurosynth(directory))
 
     @cached_property
     def vocabulary(self) -> list[str]:
@@ -344,14 +339,24 @@ def cached_term_map(database: NeurosynthDatabase, term: str, cache_dir: Path):
     return nib.load(path), info
 
 
-def writable_cache(preferred: Path, fallback: Path) -> Path:
-    """``preferred`` when it can be created and written (a read-only baked copy cannot), else ``fallback``."""
-    try:
-        preferred.mkdir(parents=True, exist_ok=True)
-        if os.access(preferred, os.W_OK):
-            return preferred
-    except OSError:
-        pass
-    LOGGER.info("%s is not writable: caching Neurosynth maps in %s", preferred, fallback)
-    fallback.mkdir(parents=True, exist_ok=True)
-    return fallback
+def map_cache(preferred: Path, fallback: Path) -> Path:
+    """Where term maps will be cached, decided without creating anything.
+
+    ``preferred`` (``NEUROSYNTH_DIR/maps``) when it can be created and written (a read-only baked
+    copy cannot), else ``fallback`` (``RUN_DIR/neurosynth/maps``).
+
+    Raises
+    ------
+    OutputError
+        Neither can be written (exit 73).
+    """
+    for folder in (preferred, fallback):
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+            if folder != preferred:
+                LOGGER.info("%s is not writable: caching Neurosynth maps in %s", preferred, fallback)
+            return folder
+    raise OutputError(
+        f"neither {preferred} nor {fallback} can be written for the Neurosynth map cache; pass "
+        "--neurosynth-dir with a writable copy, or choose a writable OUTPUT_DIR."
+    )

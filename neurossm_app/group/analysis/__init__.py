@@ -24,10 +24,11 @@ The modules, in the order the step uses them (:func:`~.pipeline.run_cpa_analysis
 - :mod:`.references`: class terms and parcellated Neurosynth reference vectors
 - :mod:`.scoring`: class-specific scores (partial r, permutation p, Dice of the top 25%)
 - :mod:`.writers`: the files above
-- :mod:`.pipeline`: the step, top-down
+- :mod:`.pipeline`: the step, top-down; :func:`~.pipeline.prepare_analysis` checks its inputs
+  (Neurosynth files and terms, atlas image and ROI names, map cache) before any unit trains
 """
 
 from neurossm_app.group.analysis.options import AnalysisOptions
-from neurossm_app.group.analysis.pipeline import run_cpa_analysis
+from neurossm_app.group.analysis.pipeline import AnalysisInputs, prepare_analysis, run_cpa_analysis
 
-__all__ = ["AnalysisOptions", "run_cpa_analysis"]
+__all__ = ["AnalysisInputs", "AnalysisOptions", "prepare_analysis", "run_cpa_analysis"]

@@ -29,8 +29,9 @@ class AnalysisOptions:
         Seed of the permutations (class k uses ``permutation_seed + k``).
     atlas_dir
         nilearn data directory for AAL3v2 (``--atlas-dir``).
-    download
-        Fetch missing Neurosynth files with NiMARE (False: fail at once).
+
+    Nothing is downloaded: missing Neurosynth files or atlases are an error before training
+    (:func:`~neurossm_app.group.analysis.pipeline.prepare_analysis`).
     """
 
     neurosynth_dir: Path
@@ -39,7 +40,6 @@ class AnalysisOptions:
     n_permutations: int = 1000
     permutation_seed: int = 0
     atlas_dir: Path | None = None
-    download: bool = True
 
     def __post_init__(self) -> None:
         if self.cpa_subjects not in CPA_SUBJECTS:

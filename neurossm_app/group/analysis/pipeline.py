@@ -16,7 +16,12 @@ from neurossm_app.files import write_json
 from neurossm_app.group.analysis.class_means import ClassMean, class_means, warn_classes_without_mean
 from neurossm_app.group.analysis.cpa_cache import held_out_cpa
 from neurossm_app.group.analysis.options import AnalysisOptions
-from neurossm_app.group.analysis.references import ClassTerms, open_class_terms, reference_vectors
+from neurossm_app.group.analysis.references import (
+    ClassTerms,
+    open_class_terms,
+    reference_vectors,
+    term_map_cache,
+)
 from neurossm_app.group.analysis.scoring import reference_score
 from neurossm_app.group.analysis.writers import (
     write_class_means,
@@ -33,6 +38,55 @@ from neurossm_app.provenance import GROUP_PACKAGES, software_versions
 LOGGER = logging.getLogger("neurossm_app")
 
 
+@dataclass(frozen=True)
+class AnalysisInputs:
+    """What ``--analysis`` needs besides the trained units, checked before the first unit trains.
+
+    Attributes
+    ----------
+    class_terms : ClassTerms
+        The class terms, with the Neurosynth database opened and every term checked.
+    grid : AtlasGrid
+        The atlas image, its label values matched to the ROI names of the time series.
+    cache : Path or None
+        Where term maps are cached (``None``: no class has a term).
+    """
+
+    class_terms: ClassTerms
+    grid: AtlasGrid
+    cache: Path | None
+
+
+def prepare_analysis(
+    settings: GroupSettings,
+    classes: tuple[str, ...],
+    roi_names: tuple[str, ...],
+    options: AnalysisOptions,
+    run_dir: Path,
+) -> AnalysisInputs:
+    """Check everything ``--analysis`` reads or writes outside the units, creating nothing.
+
+    The class-to-term table, the Neurosynth files and each term in their vocabulary, the atlas
+    image and its ROI names, and a writable map cache; nothing is downloaded.
+
+    Raises
+    ------
+    InputMissingError
+        Neurosynth files or the atlas missing (66), with the ``neurossm-app-fetch`` command.
+    DataError
+        A term not in the vocabulary, ROI names not in the atlas (65).
+    OutputError
+        No writable map cache (73).
+    """
+    from neurossm_app.atlases import get_atlas
+
+    class_terms = open_class_terms(settings, classes, options)
+    if class_terms.database is not None:
+        class_terms.database.vocabulary  # noqa: B018 - read now: a damaged file fails before training
+    grid = AtlasGrid.load(get_atlas(settings.atlas, options.atlas_dir), roi_names)
+    return AnalysisInputs(class_terms, grid, term_map_cache(class_terms, run_dir))
+
+
 def run_cpa_analysis(
     run_dir: Path,
     settings: GroupSettings,
@@ -40,6 +94,7 @@ def run_cpa_analysis(
     splits: pd.DataFrame,
     options: AnalysisOptions,
     device: torch.device | str = "cpu",
+    inputs: AnalysisInputs | None = None,
 ) -> dict[str, Any]:
     """CPA of every complete unit's held-out scans, class maps and Neurosynth reference scores.
 
@@ -54,6 +109,9 @@ def run_cpa_analysis(
         ``splits.tsv`` of the run.
     options : AnalysisOptions
     device : torch.device or str
+    inputs : AnalysisInputs, optional
+        :func:`prepare_analysis`'s result (the group level checks it before training);
+        prepared here when not given.
 
     Returns
     -------
@@ -63,15 +121,13 @@ def run_cpa_analysis(
     Raises
     ------
     InputMissingError
-        Neurosynth data missing offline (66), atlas missing.
+        Neurosynth data or atlas missing (66).
     DataError
         A class term not in the Neurosynth vocabulary (65), checkpoints that do not match.
     """
-    from neurossm_app.atlases import get_atlas
-
-    # Everything that can fail for want of an input is checked before the CPA work.
-    class_terms = open_class_terms(settings, dataset.classes, options)
-    grid = AtlasGrid.load(get_atlas(settings.atlas, options.atlas_dir), dataset.roi_names)
+    if inputs is None:
+        inputs = prepare_analysis(settings, dataset.classes, dataset.roi_names, options, run_dir)
+    class_terms, grid = inputs.class_terms, inputs.grid
     records, incomplete = held_out_cpa(run_dir, settings, dataset, splits, torch.device(device))
     means = class_means(records, len(dataset.classes), options.cpa_subjects)
     warn_classes_without_mean(dataset.classes, means, options.cpa_subjects)
@@ -79,7 +135,7 @@ def run_cpa_analysis(
     cpa_dir, maps_dir = run_dir / "cpa", run_dir / "maps"
     pathway_names = records[0]["pathway_names"]
     write_class_means(cpa_dir, atlas_label, dataset.classes, means, pathway_names, dataset.roi_names)
-    references, reference_info = reference_vectors(class_terms, dataset.classes, means, grid, run_dir)
+    references, reference_info = reference_vectors(class_terms, dataset.classes, means, grid, inputs.cache)
     results = ClassResults(
         dataset.classes, dataset.roi_names, pathway_names, means, class_terms, references, reference_info
     )

@@ -40,12 +40,12 @@ class ClassTerms:
 def open_class_terms(
     settings: GroupSettings, classes: tuple[str, ...], options: AnalysisOptions
 ) -> ClassTerms:
-    """Resolve the class terms and open the database (fetched if missing) when any class has one.
+    """Resolve the class terms and open the database when any class has one (never downloads).
 
     Raises
     ------
     InputMissingError
-        Neurosynth data missing offline (66).
+        Neurosynth data missing (66).
     DataError
         A term not in the Neurosynth vocabulary (65).
     """
@@ -59,9 +59,22 @@ def open_class_terms(
             source,
         )
         return ClassTerms(terms, source, None)
-    database = NeurosynthDatabase.open(options.neurosynth_dir, download=options.download)
+    database = NeurosynthDatabase.open(options.neurosynth_dir)
     database.check_terms(wanted)
     return ClassTerms(terms, source, database)
+
+
+def term_map_cache(class_terms: ClassTerms, run_dir: Path) -> Path | None:
+    """Where term maps are cached (:func:`~neurossm_app.group.neurosynth.map_cache`), checked
+    without creating anything; ``None`` when no class has a term.
+
+    Beside the database, or in ``RUN_DIR/neurosynth/maps`` when that is read-only.
+    """
+    from neurossm_app.group.neurosynth import map_cache
+
+    if class_terms.database is None:
+        return None
+    return map_cache(class_terms.database.directory / "maps", run_dir / "neurosynth" / "maps")
 
 
 def reference_vectors(
@@ -69,12 +82,11 @@ def reference_vectors(
     classes: tuple[str, ...],
     means: dict[int, ClassMean],
     grid: AtlasGrid,
-    run_dir: Path,
+    cache: Path | None,
 ) -> tuple[dict[int, np.ndarray], dict[int, dict[str, Any]]]:
     """The parcellated reference map of every class that has a term and a class mean.
 
-    Term maps are cached beside the database, or in ``RUN_DIR/neurosynth/maps`` when that is
-    read-only.
+    ``cache`` is :func:`term_map_cache`'s folder (created here when a map is first written).
 
     Returns
     -------
@@ -83,12 +95,12 @@ def reference_vectors(
     info : dict
         Class index -> the term map's sidecar (term, study counts, database fingerprint).
     """
-    from neurossm_app.group.neurosynth import cached_term_map, writable_cache
+    from neurossm_app.group.neurosynth import cached_term_map
 
     database = class_terms.database
-    if database is None:
+    if database is None or cache is None:
         return {}, {}
-    cache = writable_cache(database.directory / "maps", run_dir / "neurosynth" / "maps")
+    cache.mkdir(parents=True, exist_ok=True)
     vectors, info = {}, {}
     for label, name in enumerate(classes):
         term = class_terms.terms.get(name)
