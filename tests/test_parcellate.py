@@ -138,3 +138,17 @@ def test_input_fingerprint_reads_the_gzip_trailer(tmp_path):
     before = input_fingerprint(plain)
     os.utime(plain, ns=(5, 5))
     assert input_fingerprint(plain) != before  # uncompressed: size and modification time
+
+
+@pytest.mark.parametrize("n_threads", [1, 2], ids=["isal", "rapidgzip"])
+def test_truncated_gzip_is_a_clear_error(images, tmp_path, n_threads):
+    """Pre-flight catches truncation first; parcel_means still fails with a DataError, not EOFError."""
+    import gzip
+
+    paths, labels, mask = images
+    raw = gzip.decompress(paths["bold"].read_bytes())
+    whole = gzip.compress(raw, compresslevel=1)
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError, match="ends early"):
+        parcel_means(cut, labels, mask, np.array([1, 2, 3]), block_size=4, n_threads=n_threads)

@@ -206,7 +206,13 @@ def _read_exactly(stream: BinaryIO, buffer: memoryview, path, start: int, n_vols
     file."""
     filled = 0
     while filled < len(buffer):
-        got = stream.readinto(buffer[filled : filled + READ_CHUNK])
+        try:
+            got = stream.readinto(buffer[filled : filled + READ_CHUNK])
+        except (EOFError, OSError, ValueError, RuntimeError) as err:  # zlib, ISA-L, rapidgzip
+            raise DataError(
+                f"{path} ends early or is damaged (volume {start} of {n_vols}: {type(err).__name__}); "
+                "re-copy it from the fMRIPrep output."
+            ) from None
         if not got:
             raise DataError(f"{path} ends early (volume {start} of {n_vols}); the file is truncated.")
         filled += got
