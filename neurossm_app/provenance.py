@@ -10,6 +10,8 @@ from neurossm_app import __version__
 PARTICIPANT_PACKAGES = ("nilearn", "nipype", "nibabel", "numpy", "scipy", "pandas")
 GROUP_PACKAGES = ("torch", "numpy", "pandas", "scikit-learn", "safetensors")
 IMPORT_PACKAGES = ("numpy", "pandas")
+#: What the group report and ``summary.json`` name beside the neurossm-app version.
+REPORT_PACKAGES = ("torch", "mamba-ssm", "nilearn", "nimare")
 
 
 def software_versions(packages: tuple[str, ...]) -> dict[str, str]:

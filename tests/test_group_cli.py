@@ -73,10 +73,12 @@ def test_outputs_are_complete_and_consistent(sex_run, sex_data):
     predictions = pd.read_csv(sex_run / "predictions.tsv", sep="\t", dtype=str, keep_default_na=False)
     assert list(predictions.columns) == [
         "scan", "subject", "session", "task", "acquisition", "run", "fold", "seed", "model",
-        "true_label", "predicted_label", "prob_F", "prob_M",
+        "true_label", "predicted_label", "prob_F", "prob_M", "repetition_time",
     ]  # fmt: skip
     assert len(predictions) == 2 * 24 and predictions["subject"].iloc[0].startswith("0")
+    assert set(predictions["repetition_time"]) == {"0.72"}
     splits = read_tsv(sex_run / "splits.tsv")
+    assert list(splits.columns)[-1] == "repetition_time" and set(splits["repetition_time"]) == {0.72}
     assert splits.groupby("subject")["test_fold"].nunique().max() == 1
     history = read_tsv(sex_run / "units" / "fold-0_seed-0" / "history.tsv")
     assert list(history.columns) == ["epoch", "loss", "train_accuracy", "lr"] and len(history) == 20

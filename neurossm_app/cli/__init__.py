@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     opts = parser.parse_args(argv)
+    # The exact call, for the run records (provenance): passed down, never read from sys.argv below.
+    opts.command_line = ["neurossm-app", *(sys.argv[1:] if argv is None else argv)]
     _setup_logging(opts.verbose)
 
     def work() -> None:

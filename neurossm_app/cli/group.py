@@ -51,7 +51,7 @@ def run_group(opts: argparse.Namespace) -> None:
     """Train and cross-validate NeuroSSM (and the baselines) on the participant-level series."""
     import torch
 
-    from neurossm_app.bids import RUN_ENTITIES, load_filter_file
+    from neurossm_app.bids import RUN_ENTITIES, find_fmriprep_dir, load_filter_file
     from neurossm_app.errors import UsageError
     from neurossm_app.group.run import run_group_level
 
@@ -87,4 +87,6 @@ def run_group(opts: argparse.Namespace) -> None:
         fold=opts.fold,
         seed=opts.seed,
         analysis=analysis,
+        fmriprep_dir=find_fmriprep_dir(opts.bids_dir, opts.derivatives),
+        command_line=[str(a) for a in getattr(opts, "command_line", [])],
     )

@@ -20,6 +20,7 @@ from neurossm_app.files import write_json, write_tsv
 from neurossm_app.group.checkpoints import read_checkpoint_info
 from neurossm_app.group.evaluate import METRICS
 from neurossm_app.group.presets import GroupSettings
+from neurossm_app.group.subjects import write_subject_level
 from neurossm_app.group.units import read_marker, unit_dir
 
 LOGGER = logging.getLogger("neurossm_app")
@@ -46,7 +47,11 @@ def _mean_sd(values: pd.Series) -> dict[str, float | int | None]:
 
 
 def aggregate_units(
-    run_dir: Path, settings: GroupSettings, dataset_summary: dict[str, Any]
+    run_dir: Path,
+    settings: GroupSettings,
+    dataset_summary: dict[str, Any],
+    repetition_times: dict[str, float | None] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the run-level tables from every complete unit and return the summary.
 
@@ -58,6 +63,11 @@ def aggregate_units(
         Defines which units the run has.
     dataset_summary : dict
         :meth:`neurossm_app.group.data.GroupDataset.summary`.
+    repetition_times : dict, optional
+        Scan name -> seconds per volume, the last column of ``predictions.tsv``
+        (``repetition_time``; ``n/a`` when unknown).
+    extra : dict, optional
+        More entries of ``summary.json`` (how the inputs were made, the call's provenance).
 
     Returns
     -------
@@ -75,14 +85,22 @@ def aggregate_units(
     if metrics:
         table = _ordered(pd.concat(metrics, ignore_index=True), model_order)
         write_tsv(run_dir / "metrics.tsv", table)
-        write_tsv(
-            run_dir / "predictions.tsv", _ordered(pd.concat(predictions, ignore_index=True), model_order)
-        )
+        pooled = _ordered(pd.concat(predictions, ignore_index=True), model_order)
+        if repetition_times is not None:
+            pooled["repetition_time"] = [_tr_text(repetition_times.get(scan)) for scan in pooled["scan"]]
+        write_tsv(run_dir / "predictions.tsv", pooled)
         for model, rows in table.groupby("model", sort=False):
             models[model] = {m: _mean_sd(pd.to_numeric(rows[m], errors="coerce")) for m in METRICS}
     summary = run_summary(settings, dataset_summary, models, markers, missing)
+    if metrics:
+        summary["subject_level"] = write_subject_level(run_dir, pooled, list(dataset_summary["classes"]))
+    summary |= extra or {}
     write_json(run_dir / "summary.json", _json_safe(summary))
     return summary
+
+
+def _tr_text(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds:g}"
 
 
 def read_complete_units(

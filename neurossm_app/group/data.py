@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from neurossm_app.bids import RUN_ENTITIES, output_layout, run_label, sanitize_label
+from neurossm_app.bids import RUN_ENTITIES, output_layout, run_label
 from neurossm_app.errors import DataError, InputMissingError, NoFilesSelectedError
 from neurossm_app.files import read_tsv
+from neurossm_app.group.inputs import check_made_alike, how_made, read_sidecar, repetition_time, tr_counts
+from neurossm_app.group.labels import check_classes, label_exclusions, scan_labels, subject_list
 
 LOGGER = logging.getLogger("neurossm_app")
 
@@ -76,6 +78,14 @@ class GroupDataset:
     atlas_label : str
         The ``atlas-`` entity of the files (e.g. ``Schaefer400n17``).
     missing : list of MissingValues, length N
+    repetition_times : list of float or None, length N
+        ``RepetitionTime`` of every scan's sidecar, seconds (``None``: not recorded).
+    participant_settings : dict
+        How every scan was made (:func:`~neurossm_app.group.inputs.check_made_alike`).
+    sidecars : list of dict, length N
+        Every scan's JSON sidecar.
+    excluded : list of dict
+        Subjects or scans left out, each ``{"subject", "scans", "reason"}``.
     """
 
     scans: list[ScanFile]
@@ -85,6 +95,10 @@ class GroupDataset:
     roi_names: tuple[str, ...]
     atlas_label: str
     missing: list[MissingValues]
+    repetition_times: list[float | None] = field(default_factory=list)
+    participant_settings: dict[str, Any] = field(default_factory=dict)
+    sidecars: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    excluded: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def subjects(self) -> list[str]:
@@ -117,6 +131,8 @@ class GroupDataset:
                 "median": float(np.median(lengths)),
                 "max": int(lengths.max()),
             },
+            "repetition_time": tr_counts(self.repetition_times),
+            "excluded": self.excluded,
             "missing_values": {
                 "normalization": NORMALIZATION,
                 "scans_with_missing_rois": sum(m.missing_rois > 0 for m in self.missing),
@@ -129,14 +145,37 @@ class GroupDataset:
         }
 
 
-def find_timeseries(
+def find_timeseries(output_dir: Path, atlas_label: str, *selection: Any, **filters: Any) -> list[ScanFile]:
+    """The complete participant-level time series of one atlas: :func:`select_timeseries`'s
+    ``scans``, with the same arguments."""
+    return select_timeseries(output_dir, atlas_label, *selection, **filters).scans
+
+
+@dataclass
+class Selection:
+    """What :func:`select_timeseries` found.
+
+    Attributes
+    ----------
+    scans : list of ScanFile
+        Complete series of the atlas, sorted by path.
+    excluded : list of dict
+        ``{"subject", "scans", "reason"}`` for selected subjects without series of the atlas and
+        for runs without their sidecar.
+    """
+
+    scans: list[ScanFile]
+    excluded: list[dict[str, Any]]
+
+
+def select_timeseries(
     output_dir: Path,
     atlas_label: str,
     participant_labels: list[str] | None = None,
     session_labels: list[str] | None = None,
     task_ids: list[str] | None = None,
     run_filters: dict[str, Any] | None = None,
-) -> list[ScanFile]:
+) -> Selection:
     """Find the complete participant-level time series of one atlas in ``output_dir``.
 
     Parameters
@@ -154,17 +193,23 @@ def find_timeseries(
 
     Returns
     -------
-    list of ScanFile
-        Sorted by path; runs without their JSON sidecar (incomplete) are left out with a warning.
+    Selection
+        Runs without their JSON sidecar (incomplete) and selected subjects with series of other
+        atlases only are left out, with a warning, and listed.
 
     Raises
     ------
     InputMissingError
-        No time series of any kind, or none of this atlas.
+        OUTPUT_DIR missing or a regular file, no time series of any kind, or none of this atlas.
     NoFilesSelectedError
         The filters selected nothing.
     """
     hint = "run `neurossm-app BIDS_DIR OUTPUT_DIR participant` first"
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputMissingError(
+            f"OUTPUT_DIR {output_dir} is a regular file, not a folder; give the folder the participant "
+            "level wrote its outputs to."
+        )
     if not output_dir.is_dir():
         raise InputMissingError(f"OUTPUT_DIR {output_dir} does not exist; {hint}.")
     if not any(output_dir.glob("sub-*")):
@@ -187,7 +232,38 @@ def find_timeseries(
         raise NoFilesSelectedError(
             f"no {atlas_label} time series in {output_dir} matched ({shown}); check the labels and filters."
         )
-    return complete_scans(selected, output_dir)
+    others = [
+        f
+        for f in layout.get(**query, **filters, return_type="object")
+        if f.entities.get("atlas") != atlas_label
+    ]
+    excluded = without_atlas(selected, others, atlas_label)
+    scans, incomplete = complete_scans(selected, output_dir)
+    return Selection(scans, excluded + incomplete)
+
+
+def without_atlas(selected: list[Any], others: list[Any], atlas_label: str) -> list[dict[str, Any]]:
+    """Selected subjects whose series are all of other atlases, with a warning (an exclusion each)."""
+    have = {str(f.entities["subject"]) for f in selected}
+    by_subject: dict[str, list[Any]] = {}
+    for item in others:
+        subject = str(item.entities["subject"])
+        if subject not in have:
+            by_subject.setdefault(subject, []).append(item)
+    excluded = []
+    for subject, items in sorted(by_subject.items()):
+        found = ", ".join(sorted({str(i.entities.get("atlas")) for i in items}))
+        names = sorted({run_label({k: i.entities.get(k) for k in RUN_ENTITIES}) for i in items})
+        excluded.append(
+            {"subject": f"sub-{subject}", "scans": names, "reason": f"no {atlas_label} series (has {found})"}
+        )
+    if excluded:
+        LOGGER.warning(
+            "leaving out %d subject(s) without %s time series: %s; run the participant level with "
+            "this atlas for them, or pass the --atlas they have",
+            len(excluded), atlas_label, subject_list([e["subject"] for e in excluded]),
+        )  # fmt: skip
+    return excluded
 
 
 def selection_filters(
@@ -204,68 +280,43 @@ def selection_filters(
     return filters
 
 
-def complete_scans(found: list[Any], output_dir: Path) -> list[ScanFile]:
+def complete_scans(found: list[Any], output_dir: Path) -> tuple[list[ScanFile], list[dict[str, Any]]]:
     """The pybids files whose JSON sidecar exists (the participant level writes it last), by path.
+
+    Returns
+    -------
+    scans : list of ScanFile
+    incomplete : list of dict
+        One exclusion (``{"subject", "scans", "reason"}``) per run without its sidecar.
 
     Raises
     ------
     InputMissingError
         None of them is complete.
     """
-    scans = []
+    scans, incomplete = [], []
     for item in sorted(found, key=lambda f: f.path):
         path = Path(item.path)
+        entities = {k: str(item.entities[k]) for k in RUN_ENTITIES if item.entities.get(k) not in (None, "")}
         if not path.with_suffix(".json").is_file():
             LOGGER.warning(
                 "skipping %s: its JSON sidecar is missing (participant level incomplete)", path.name
             )
+            incomplete.append(
+                {
+                    "subject": f"sub-{entities['subject']}",
+                    "scans": [run_label(entities)],
+                    "reason": "JSON sidecar missing (participant level incomplete)",
+                }
+            )
             continue
-        entities = {k: str(item.entities[k]) for k in RUN_ENTITIES if item.entities.get(k) not in (None, "")}
         scans.append(ScanFile(path, entities))
     if not scans:
         raise InputMissingError(
             f"none of the {len(found)} selected time series in {output_dir} is complete "
             "(JSON sidecars missing); re-run the participant level."
         )
-    return scans
-
-
-def read_participant_labels(participants_tsv: Path, column: str) -> dict[str, str]:
-    """Read one column of ``participants.tsv`` as subject (no ``sub-``) -> label.
-
-    Subjects whose value is ``n/a`` or empty are left out.
-
-    Raises
-    ------
-    InputMissingError
-        The file does not exist.
-    DataError
-        No ``participant_id`` column, or no ``column``.
-    """
-    if not participants_tsv.is_file():
-        raise InputMissingError(
-            f"{participants_tsv} does not exist; the target participants:{column} needs it "
-            "(pass --participants-tsv FILE)."
-        )
-    try:
-        table = pd.read_csv(
-            participants_tsv, sep="\t", dtype=str, na_values=["n/a", ""], keep_default_na=False
-        )
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise DataError(f"{participants_tsv} is not a readable TSV ({err}); fix the file.") from None
-    if "participant_id" not in table.columns:
-        raise DataError(f"{participants_tsv} has no participant_id column; add one (values like sub-01).")
-    if column not in table.columns:
-        shown = ", ".join(c for c in table.columns if c != "participant_id") or "none"
-        raise DataError(
-            f"column {column!r} not in {participants_tsv} (columns: {shown}); "
-            "pass --target participants:<one of them>."
-        )
-    labels = {}
-    for participant, value in zip(table["participant_id"], table[column], strict=True):
-        if isinstance(participant, str) and isinstance(value, str) and value.strip():
-            labels[participant.strip().removeprefix("sub-")] = value.strip()
-    return labels
+    return scans, incomplete
 
 
 def load_series(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -323,60 +374,70 @@ def normalize_series(series: np.ndarray) -> tuple[np.ndarray, MissingValues]:
     return normalized.astype(np.float32), missing
 
 
-def scan_labels(scans: list[ScanFile], target: str, participants_tsv: Path) -> list[str | None]:
-    """The label of every scan (``None`` when a subject has no label in ``participants.tsv``)."""
-    if target == "task":
-        return [s.entities.get("task") for s in scans]
-    column = target.split(":", 1)[1]
-    labels = read_participant_labels(participants_tsv, column)
-    return [labels.get(s.subject) for s in scans]
-
-
-def _check_label_names(classes: tuple[str, ...], target: str, where: object) -> None:
-    """Refuse classes that would share a ``label-<class>`` file name (CPA maps), before training."""
-    by_name: dict[str, list[str]] = {}
-    for name in classes:
-        by_name.setdefault(sanitize_label(name), []).append(name)
-    for entity, names in by_name.items():
-        if len(names) > 1:
-            raise DataError(
-                f"classes {' and '.join(map(repr, names))} of {target} ({where}) would share the file "
-                f"name label-{entity} (letters and digits only); rename one of them."
-            )
-
-
 def load_dataset(
-    scans: list[ScanFile], target: str, participants_tsv: Path, atlas_label: str
+    scans: list[ScanFile],
+    target: str,
+    participants_tsv: Path,
+    atlas_label: str,
+    window: int | None = None,
+    excluded: list[dict[str, Any]] | None = None,
 ) -> GroupDataset:
     """Read, check and normalize every scan and attach its label.
 
-    Scans of subjects without a label are dropped with a warning.
+    Scans of subjects without a label are dropped with a warning; with ``window``, so are scans
+    shorter than it (:func:`drop_short_scans`). The sidecars of the labelled scans are read first
+    and must say the scans were made alike (:func:`~neurossm_app.group.inputs.check_made_alike`).
+
+    Parameters
+    ----------
+    excluded : list of dict, optional
+        Exclusions found earlier (:class:`Selection`); the dataset lists them with its own.
 
     Raises
     ------
     DataError
-        No labelled scan, a single class, files whose ROI columns disagree.
+        No labelled scan, a single class, scans made in different ways, files whose ROI columns
+        disagree, every scan shorter than ``window``.
     """
     labels = scan_labels(scans, target, participants_tsv)
-    unlabelled = sorted({s.subject for s, label in zip(scans, labels, strict=True) if label is None})
-    if unlabelled:
-        LOGGER.warning(
-            "skipping %d subject(s) without a %s label: %s",
-            len(unlabelled),
-            target,
-            ", ".join(f"sub-{s}" for s in unlabelled[:10]) + (" ..." if len(unlabelled) > 10 else ""),
-        )
-    kept = [(s, label) for s, label in zip(scans, labels, strict=True) if label is not None]
     where = participants_tsv if target != "task" else "the task entity"
+    excluded = [*(excluded or []), *label_exclusions(scans, labels, target, where)]
+    kept = [(s, label) for s, label in zip(scans, labels, strict=True) if label is not None]
     if not kept:
         raise DataError(f"no selected subject has a {target} label in {where}; check the labels.")
+    check_classes(tuple(sorted({label for _, label in kept})), target, where)
+    sidecars = [read_sidecar(scan.path) for scan, _ in kept]
+    shared = check_made_alike(
+        [s.name for s, _ in kept], [how_made(s.path, c) for (s, _), c in zip(kept, sidecars, strict=True)],
+        [s.subject for s, _ in kept],
+    )  # fmt: skip
+    series, missing, roi_names = _read_all(kept)
+    if window is not None:
+        keep, short = drop_short_scans([s for s, _ in kept], [x.shape[1] for x in series], window)
+        excluded += short
+        kept, series, missing, sidecars = ([v[i] for i in keep] for v in (kept, series, missing, sidecars))
+        check_classes(tuple(sorted({label for _, label in kept})), target, where)
     classes = tuple(sorted({label for _, label in kept}))
-    if len(classes) < 2:
-        raise DataError(
-            f"only one class ({classes[0]!r}) of {target} among the selected scans ({where}); "
-            "classification needs at least two: check --target and the selection."
-        )
-    _check_label_names(classes, target, where)
+    index = {name: i for i, name in enumerate(classes)}
+    return GroupDataset(
+        scans=[s for s, _ in kept],
+        series=series,
+        labels=np.array([index[label] for _, label in kept], dtype=np.int64),
+        classes=classes,
+        roi_names=roi_names,
+        atlas_label=atlas_label,
+        missing=missing,
+        repetition_times=[repetition_time(c) for c in sidecars],
+        participant_settings=shared,
+        sidecars=sidecars,
+        excluded=excluded,
+    )
+
+
+def _read_all(
+    kept: list[tuple[ScanFile, str]],
+) -> tuple[list[np.ndarray], list[MissingValues], tuple[str, ...]]:
+    """Every scan's normalized series and missing-value counts, and their shared ROI names."""
     series, missing, roi_names = [], [], None
     for scan, _ in kept:
         raw, names = load_series(scan.path)
@@ -390,16 +451,55 @@ def load_dataset(
         normalized, counts = normalize_series(raw)
         series.append(normalized)
         missing.append(counts)
-    index = {name: i for i, name in enumerate(classes)}
-    return GroupDataset(
-        scans=[s for s, _ in kept],
-        series=series,
-        labels=np.array([index[label] for _, label in kept], dtype=np.int64),
-        classes=classes,
-        roi_names=roi_names or (),
-        atlas_label=atlas_label,
-        missing=missing,
+    return series, missing, roi_names or ()
+
+
+def _short_scan_error(names: list[str], lengths: np.ndarray, short: np.ndarray, window: int) -> DataError:
+    worst = int(short[np.argmin(lengths[short])])
+    return DataError(
+        f"{short.size} scan(s) are shorter than the training window of {window} volumes "
+        f"(shortest: {names[worst]}, {lengths[worst]} volumes); "
+        f"pass --dynamic-length {int(lengths.min())} or less, or leave those runs out "
+        "(--participant-label/--task-id/--bids-filter-file)."
     )
+
+
+def drop_short_scans(
+    scans: list[ScanFile], lengths: list[int], window: int
+) -> tuple[list[int], list[dict[str, Any]]]:
+    """Leave out scans shorter than the training window (we do not pad training windows).
+
+    Returns
+    -------
+    keep : list of int
+        Indices of the scans that are long enough.
+    excluded : list of dict
+        One exclusion per subject that lost scans, with one warning for all.
+
+    Raises
+    ------
+    DataError
+        Every scan is shorter than ``window``, naming the shortest and what to do.
+    """
+    lengths_arr = np.asarray(lengths, dtype=np.int64)
+    short = np.flatnonzero(lengths_arr < window)
+    if short.size == len(scans):
+        raise _short_scan_error([s.path.name for s in scans], lengths_arr, short, window)
+    by_subject: dict[str, list[str]] = {}
+    for i in short:
+        by_subject.setdefault(scans[i].subject, []).append(f"{scans[i].name} ({lengths_arr[i]} volumes)")
+    excluded = [
+        {"subject": f"sub-{s}", "scans": names, "reason": f"shorter than --dynamic-length {window}"}
+        for s, names in sorted(by_subject.items())
+    ]
+    if excluded:
+        LOGGER.warning(
+            "leaving out %d scan(s) of %d subject(s) shorter than the training window of %d volumes: %s; "
+            "pass --dynamic-length %d to keep them",
+            short.size, len(excluded), window, subject_list([e["subject"] for e in excluded]),
+            int(lengths_arr.min()),
+        )  # fmt: skip
+    return [i for i in range(len(scans)) if lengths_arr[i] >= window], excluded
 
 
 def check_lengths(dataset: GroupDataset, window: int) -> None:
@@ -413,10 +513,4 @@ def check_lengths(dataset: GroupDataset, window: int) -> None:
     lengths = dataset.lengths
     short = np.flatnonzero(lengths < window)
     if short.size:
-        worst = int(short[np.argmin(lengths[short])])
-        raise DataError(
-            f"{short.size} scan(s) are shorter than the training window of {window} volumes "
-            f"(shortest: {dataset.scans[worst].path.name}, {lengths[worst]} volumes); "
-            f"pass --dynamic-length {int(lengths.min())} or less, or leave those runs out "
-            "(--participant-label/--task-id/--bids-filter-file)."
-        )
+        raise _short_scan_error([s.path.name for s in dataset.scans], lengths, short, window)

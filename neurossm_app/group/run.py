@@ -1,15 +1,18 @@
 """The group level, top-down: check the inputs, train the units, aggregate, analyse, report.
 
-``OUTPUT_DIR/group/<run-name>/`` holds:
+Everything a call can fail on is checked before anything is created (:func:`run_group_level`):
+the options and device, the inputs (made alike, labelled, long enough: :mod:`.data`,
+:mod:`.inputs`), the run folder's writability, each unit's resume state and, with ``--analysis``,
+that step's inputs. ``OUTPUT_DIR/group/<run-name>/`` then holds:
 
 - ``config.json``: the resolved settings (checked on every later call of the run), software
-  versions, training details and the dataset summary (:mod:`.run_folder`);
-- ``splits.tsv``: the test fold of every scan per seed (fixed at the first call);
+  versions, training details, the dataset summary and how the inputs were made (:mod:`.run_folder`);
+- ``splits.tsv``: the test fold and TR of every scan per seed (fixed at the first call);
 - ``units/fold-K_seed-S/``: one unit's ``history.tsv``, ``metrics.tsv``, ``predictions.tsv`` and
   its completion marker ``unit.json``; ``checkpoints/``: the trained NeuroSSM of each unit
   (:mod:`.units`);
-- ``metrics.tsv``, ``predictions.tsv``, ``summary.json``: every complete unit, aggregated
-  (:mod:`.aggregate`);
+- ``metrics.tsv``, ``predictions.tsv``, ``subject_predictions.tsv``, ``summary.json``: every
+  complete unit, aggregated (:mod:`.aggregate`, :mod:`.subjects`);
 - with ``--analysis``, ``cpa/`` and ``maps/`` (:mod:`.analysis`); ``report.html``;
 - ``logs/``: one log file per call.
 """
@@ -17,6 +20,8 @@
 from __future__ import annotations
 
 import logging
+import shlex
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +32,27 @@ from neurossm_app.atlases import ATLASES
 from neurossm_app.errors import UsageError
 from neurossm_app.group.aggregate import aggregate_units
 from neurossm_app.group.checkpoints import read_checkpoint_info
-from neurossm_app.group.data import GroupDataset, check_lengths, find_timeseries, load_dataset
+from neurossm_app.group.data import GroupDataset, load_dataset, select_timeseries
+from neurossm_app.group.inputs import input_record, tr_counts, warn_mixed_trs
 from neurossm_app.group.presets import GroupSettings
-from neurossm_app.group.run_folder import check_or_save_config, log_to_file, run_directory
-from neurossm_app.group.splits import build_splits, check_fold_counts, load_or_save_splits, unit_split
+from neurossm_app.group.run_folder import (
+    check_config,
+    held_log_records,
+    log_to_file,
+    run_directory,
+    run_directory_path,
+    save_config,
+)
+from neurossm_app.group.splits import (
+    build_splits,
+    check_fold_counts,
+    load_or_save_splits,
+    saved_splits,
+    unit_split,
+)
 from neurossm_app.group.train import resolve_device
 from neurossm_app.group.units import read_marker, run_unit, unit_dir
+from neurossm_app.provenance import REPORT_PACKAGES, software_versions
 
 LOGGER = logging.getLogger("neurossm_app")
 
@@ -45,6 +65,8 @@ def run_group_level(
     fold: int | None = None,
     seed: int | None = None,
     analysis=None,
+    fmriprep_dir: Path | None = None,
+    command_line: list[str] | None = None,
 ) -> Path:
     """Run the missing units of a group run, then aggregate, analyse and report (unless ``fold``/``seed``).
 
@@ -61,48 +83,70 @@ def run_group_level(
         Run only these units (an HPC array task); a later plain call aggregates.
     analysis : neurossm_app.group.analysis.AnalysisOptions, optional
         ``--analysis``: CPA, class maps and Neurosynth scores after aggregation.
+    fmriprep_dir : Path, optional
+        The fMRIPrep derivatives, where their version is looked for besides the sidecars' sources.
+    command_line : list of str, optional
+        The call's argv (program name first), recorded in ``summary.json`` and the report.
 
     Returns
     -------
     Path
         The run folder.
     """
-    # Read and check the data before creating anything: a failing call leaves no folder behind.
-    dataset = load_inputs(settings, output_dir, participants_tsv, run_filters)
-    units = select_units(settings, fold, seed)
-    device = resolve_device(settings.device)
+    # Everything is checked before anything is created: a failing call exits within seconds
+    # and leaves nothing behind, not even the run folder (its log gets the checks' lines after).
+    with held_log_records() as earlier:
+        units = select_units(settings, fold, seed)
+        device = resolve_device(settings.device)
+        dataset, inputs = load_inputs(settings, output_dir, participants_tsv, run_filters, fmriprep_dir)
+        run_dir = run_directory_path(output_dir, settings.run_name)
+        splits = check_resume_state(run_dir, settings, dataset, units)
+        prepared = check_analysis(settings, dataset, analysis, run_dir) if analysis is not None else None
+        provenance = call_provenance(command_line)
     run_dir = run_directory(output_dir, settings.run_name)
-    with log_to_file(run_dir, call_tag(fold, seed)) as log_path:
+    with log_to_file(run_dir, call_tag(fold, seed), earlier) as log_path:
         LOGGER.info(
             "group level: run %s (preset %s) in %s; log %s",
-            settings.run_name,
-            settings.preset,
-            run_dir,
-            log_path,
-        )
+            settings.run_name, settings.preset, run_dir, log_path,
+        )  # fmt: skip
+        LOGGER.info("command: %s", provenance["command_line"])
         summary = dataset.summary()
         log_dataset(summary)
-        check_or_save_config(run_dir, settings, summary)
-        splits = fixed_splits(run_dir, settings, dataset)
+        save_config(run_dir, settings, summary, inputs)
+        splits = load_or_save_splits(run_dir / "splits.tsv", splits, settings.run_name)
         train_units(run_dir, dataset, splits, units, settings, device)
         if fold is not None or seed is not None:
             LOGGER.info("done; run the group level without --fold/--seed to aggregate the units")
             return run_dir
-        aggregate(run_dir, settings, summary)
+        aggregate(run_dir, settings, dataset, {"inputs": inputs, "provenance": provenance})
         if analysis is not None:
             from neurossm_app.group.analysis import run_cpa_analysis
 
-            run_cpa_analysis(run_dir, settings, dataset, splits, analysis, device)
+            run_cpa_analysis(run_dir, settings, dataset, splits, analysis, device, prepared)
         report(run_dir)
     return run_dir
 
 
 def load_inputs(
-    settings: GroupSettings, output_dir: Path, participants_tsv: Path, run_filters: dict[str, Any] | None
-) -> GroupDataset:
-    """The selected time series with their labels, checked against the window and the folds."""
+    settings: GroupSettings,
+    output_dir: Path,
+    participants_tsv: Path,
+    run_filters: dict[str, Any] | None,
+    fmriprep_dir: Path | None = None,
+) -> tuple[GroupDataset, dict[str, Any]]:
+    """The selected time series with their labels, checked against the window and the folds.
+
+    Returns
+    -------
+    dataset : GroupDataset
+        Scans made alike, long enough for the window, of labelled subjects (the others listed in
+        ``dataset.excluded``).
+    inputs : dict
+        :func:`~neurossm_app.group.inputs.input_record`, for ``config.json``, ``summary.json``
+        and the report.
+    """
     atlas_label = ATLASES[settings.atlas].bids_label
-    scans = find_timeseries(
+    selection = select_timeseries(
         output_dir,
         atlas_label,
         list(settings.participant_label or []),
@@ -110,12 +154,77 @@ def load_inputs(
         list(settings.task_id or []),
         run_filters,
     )
-    dataset = load_dataset(scans, settings.target, participants_tsv, atlas_label)
-    check_lengths(dataset, settings.dynamic_length)
+    dataset = load_dataset(
+        selection.scans, settings.target, participants_tsv, atlas_label, settings.dynamic_length,
+        selection.excluded,
+    )  # fmt: skip
     check_fold_counts(
         dataset.labels, dataset.subjects, dataset.classes, settings.folds, settings.skip_cross_validation
     )
-    return dataset
+    warn_mixed_trs(tr_counts(dataset.repetition_times), settings.dynamic_length)
+    inputs = input_record(
+        dataset.participant_settings, dataset.sidecars, dataset.repetition_times, output_dir, fmriprep_dir
+    )
+    return dataset, inputs
+
+
+def check_resume_state(
+    run_dir: Path,
+    settings: GroupSettings,
+    dataset: GroupDataset,
+    units: list[tuple[int, int]],
+) -> pd.DataFrame:
+    """Check what earlier calls of the run left (read only) and return the splits to use.
+
+    The saved settings (``config.json``), the saved splits (``splits.tsv``) and the checkpoint of
+    every complete unit of ``units``: a damaged finished unit stops the call before hours of
+    training, not after.
+
+    Raises
+    ------
+    UsageError
+        Other settings than the run was started with.
+    DataError
+        Other data, or a damaged checkpoint.
+    """
+    splits = build_splits(
+        [s.name for s in dataset.scans],
+        dataset.subjects,
+        [dataset.classes[i] for i in dataset.labels],
+        dataset.labels,
+        settings.seeds,
+        settings.n_folds,
+        settings.skip_cross_validation,
+        settings.test_size,
+        dataset.repetition_times,
+    )
+    check_config(run_dir, settings)
+    saved = saved_splits(run_dir / "splits.tsv", splits, settings.run_name)
+    for fold, seed in units:
+        marker = read_marker(run_dir, fold, seed)
+        if marker is not None:
+            read_checkpoint_info(run_dir / marker["checkpoint"])
+    return splits if saved is None else saved
+
+
+def check_analysis(settings: GroupSettings, dataset: GroupDataset, analysis, run_dir: Path):
+    """``--analysis``'s inputs (:func:`~neurossm_app.group.analysis.prepare_analysis`), checked now."""
+    from neurossm_app.group.analysis import prepare_analysis
+
+    return prepare_analysis(settings, dataset.classes, dataset.roi_names, analysis, run_dir)
+
+
+def call_provenance(command_line: list[str] | None) -> dict[str, Any]:
+    """The ``provenance`` of ``summary.json`` and the report: version, command line, date, software."""
+    versions = software_versions(REPORT_PACKAGES)
+    return {
+        "neurossm-app": versions["neurossm-app"],
+        "command_line": shlex.join(command_line)
+        if command_line
+        else "unknown (not called from the command line)",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "software": versions,
+    }
 
 
 def select_units(settings: GroupSettings, fold: int | None, seed: int | None) -> list[tuple[int, int]]:
@@ -159,21 +268,13 @@ def log_dataset(summary: dict[str, Any]) -> None:
         missing["missing_roi_columns"], missing["scans_with_missing_rois"], missing["censored_volumes"],
         missing["scans_with_censored_volumes"], 100 * missing["missing_fraction"],
     )  # fmt: skip
-
-
-def fixed_splits(run_dir: Path, settings: GroupSettings, dataset: GroupDataset) -> pd.DataFrame:
-    """The test fold of every scan per seed, saved in ``splits.tsv`` at the first call and reused."""
-    splits = build_splits(
-        [s.name for s in dataset.scans],
-        dataset.subjects,
-        [dataset.classes[i] for i in dataset.labels],
-        dataset.labels,
-        settings.seeds,
-        settings.n_folds,
-        settings.skip_cross_validation,
-        settings.test_size,
-    )
-    return load_or_save_splits(run_dir / "splits.tsv", splits, settings.run_name)
+    if summary["excluded"]:
+        LOGGER.info(
+            "left out: %s",
+            "; ".join(
+                f"{e['subject']} ({len(e['scans'])} scan(s): {e['reason']})" for e in summary["excluded"]
+            ),
+        )
 
 
 def train_units(
@@ -184,12 +285,8 @@ def train_units(
     settings: GroupSettings,
     device: torch.device,
 ) -> None:
-    """Train every unit of ``units`` that is not complete yet; complete ones are kept."""
-    for fold, seed in units:
-        # A damaged finished unit stops the call before hours of training, not after.
-        marker = read_marker(run_dir, fold, seed)
-        if marker is not None:
-            read_checkpoint_info(run_dir / marker["checkpoint"])
+    """Train every unit of ``units`` that is not complete yet; complete ones are kept
+    (their checkpoints were checked by :func:`check_resume_state`)."""
     LOGGER.info("training on %s with %d thread(s)", device, torch.get_num_threads())
     names = [s.name for s in dataset.scans]
     for fold, seed in units:
@@ -203,18 +300,24 @@ def train_units(
         run_unit(dataset, train, test, fold, seed, settings, run_dir, device)
 
 
-def aggregate(run_dir: Path, settings: GroupSettings, summary: dict[str, Any]) -> None:
+def aggregate(run_dir: Path, settings: GroupSettings, dataset: GroupDataset, extra: dict[str, Any]) -> None:
     """Aggregate every complete unit (:func:`~.aggregate.aggregate_units`) and log the results."""
-    result = aggregate_units(run_dir, settings, summary)
-    for model, values in result["models"].items():
-        LOGGER.info(
-            "%s: accuracy %s, balanced accuracy %s, ROC-AUC %s",
-            model,
-            _mean_sd_text(values["accuracy"]),
-            _mean_sd_text(values["balanced_accuracy"]),
-            _mean_sd_text(values["roc_auc"]),
-        )
-    LOGGER.info("results in %s (metrics.tsv, summary.json, predictions.tsv)", run_dir)
+    times = {scan.name: t for scan, t in zip(dataset.scans, dataset.repetition_times, strict=True)}
+    result = aggregate_units(run_dir, settings, dataset.summary(), times, extra)
+    per_subject = result.get("subject_level", {}).get("models", {})
+    for level, models in (("per scan", result["models"]), ("per subject", per_subject)):
+        for model, values in models.items():
+            LOGGER.info(
+                "%s %s: accuracy %s, balanced accuracy %s, ROC-AUC %s",
+                model,
+                level,
+                _mean_sd_text(values["accuracy"]),
+                _mean_sd_text(values["balanced_accuracy"]),
+                _mean_sd_text(values["roc_auc"]),
+            )
+    LOGGER.info(
+        "results in %s (metrics.tsv, summary.json, predictions.tsv, subject_predictions.tsv)", run_dir
+    )
 
 
 def report(run_dir: Path) -> None:

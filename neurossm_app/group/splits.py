@@ -44,9 +44,13 @@ def check_fold_counts(
         n_class = len(set(subjects_arr[labels == index]))
         if n_class < needed:
             what = "the hold-out split" if holdout else f"--folds {n_folds}"
+            fix = (
+                "add subjects of that class (one to train on, one to test)"
+                if holdout
+                else "lower --folds or add subjects of that class"
+            )
             raise UsageError(
-                f"class {name!r} has {n_class} subject(s), too few for {what} (needs {needed}); "
-                "lower --folds or add subjects of that class."
+                f"class {name!r} has {n_class} subject(s), too few for {what} (needs {needed}); {fix}."
             )
 
 
@@ -110,20 +114,34 @@ def build_splits(
     n_folds: int,
     holdout: bool,
     test_size: float,
+    repetition_times: list[float | None] | None = None,
 ) -> pd.DataFrame:
     """The ``splits.tsv`` table: one row per seed and scan.
+
+    Parameters
+    ----------
+    repetition_times : list of float or None, optional
+        Seconds per volume of every scan (``None``: not recorded, written ``n/a``).
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``seed``, ``scan``, ``subject``, ``label``, ``test_fold``.
+        Columns ``seed``, ``scan``, ``subject``, ``label``, ``test_fold``, ``repetition_time``.
     """
+    times = [np.nan if t is None else t for t in (repetition_times or [None] * len(scan_names))]
     frames = []
     for seed in seeds:
         folds = assign_test_folds(label_indices, subjects, seed, n_folds, holdout, test_size)
         frames.append(
             pd.DataFrame(
-                {"seed": seed, "scan": scan_names, "subject": subjects, "label": labels, "test_fold": folds}
+                {
+                    "seed": seed,
+                    "scan": scan_names,
+                    "subject": subjects,
+                    "label": labels,
+                    "test_fold": folds,
+                    "repetition_time": times,
+                }
             )
         )
     return pd.concat(frames, ignore_index=True)
@@ -132,17 +150,28 @@ def build_splits(
 def load_or_save_splits(path: Path, splits: pd.DataFrame, run_name: str) -> pd.DataFrame:
     """Save ``splits`` to ``path``, or check that the saved splits describe the same data.
 
-    Returns the saved splits when they exist (they win over a recomputation, so a newer
-    scikit-learn cannot reshuffle a half-finished run).
+    Returns the saved splits when they exist (:func:`saved_splits`).
+    """
+    saved = saved_splits(path, splits, run_name)
+    if saved is not None:
+        return saved
+    write_tsv(path, splits)
+    return splits
+
+
+def saved_splits(path: Path, splits: pd.DataFrame, run_name: str) -> pd.DataFrame | None:
+    """The splits saved at ``path``, checked against ``splits``; ``None`` when none are saved.
+
+    Read only. The saved splits win over a recomputation, so a newer scikit-learn cannot
+    reshuffle a half-finished run.
 
     Raises
     ------
     DataError
-        The saved splits list other scans, subjects or labels.
+        The saved splits are unreadable or list other scans, subjects or labels.
     """
     if not path.is_file():
-        write_tsv(path, splits)
-        return splits
+        return None
     try:
         # Strings as written: subject "01" must not come back as the number 1.
         saved = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)

@@ -150,7 +150,99 @@ def _dataset_section(summary: dict) -> Section:
             f"{chance.get('majority_class_accuracy', float('nan')):.3f}, balanced accuracy "
             f"{chance.get('balanced_accuracy', float('nan')):.3f}."
         )
+    times = dataset.get("repetition_time", {})
+    if times:
+        section.table(
+            pd.DataFrame({"repetition time (s)": list(times), "scans": list(times.values())}),
+            caption="Repetition times (windows are counted in volumes, as in the original study)",
+        )
+    _excluded_table(section, dataset.get("excluded"))
     return section
+
+
+def _excluded_table(section: Section, excluded: list | None) -> None:
+    """The subjects and scans left out of the run, with the reason for each."""
+    if excluded is None:
+        return
+    if not excluded:
+        section.text("No selected subject or scan was left out.")
+        return
+    rows = [
+        {
+            "subject": e.get("subject"),
+            "scans left out": f"{len(e.get('scans', []))}: {', '.join(e.get('scans', [])[:5])}"
+            + (" ..." if len(e.get("scans", [])) > 5 else ""),
+            "reason": e.get("reason"),
+        }
+        for e in excluded
+    ]
+    section.table(
+        pd.DataFrame(rows), caption="Left out of the run (missing label, atlas or sidecar; short runs)"
+    )
+
+
+def _inputs_section(summary: dict) -> Section | None:
+    """How the inputs were made (the participant-level settings they share) and the fMRIPrep version."""
+    inputs = summary.get("inputs")
+    if not inputs:
+        return None
+    section = Section("Inputs", "inputs")
+    fmriprep = inputs.get("fmriprep", {})
+    versions = inputs.get("participant_neurossm_app", {})
+    section.text(
+        f"fMRIPrep version: {fmriprep.get('version', 'unknown')}"
+        + (
+            f" (from {', '.join(fmriprep['dataset_description'])})"
+            if fmriprep.get("dataset_description")
+            else ""
+        )
+        + "; participant level: neurossm-app "
+        + ", ".join(f"{v} ({n} scans)" for v, n in versions.items())
+        + ". Every scan was made with the settings below (the group level refuses a mixture)."
+    )
+    settings = inputs.get("participant_settings", {})
+    if settings:
+        shown = [", ".join(map(str, v)) if isinstance(v, list) else str(v) for v in settings.values()]
+        section.table(pd.DataFrame({"setting": list(settings), "value": shown}))
+    return section
+
+
+def _provenance_section(summary: dict) -> Section | None:
+    """The neurossm-app version, the exact command line, the date and the software versions."""
+    provenance = summary.get("provenance")
+    if not provenance:
+        return None
+    section = Section("Provenance", "provenance")
+    section.text(
+        f"neurossm-app {provenance.get('neurossm-app')}, {provenance.get('date')}; command line: "
+        f"{provenance.get('command_line')}"
+    )
+    software = provenance.get("software", {})
+    if software:
+        section.table(pd.DataFrame({"software": list(software), "version": list(software.values())}))
+    return section
+
+
+def _subject_level(section: Section, summary: dict) -> None:
+    """Subject-level results (``summary.json``'s ``subject_level``) beside the scan-level ones."""
+    subject_level = summary.get("subject_level")
+    if not subject_level:
+        return
+    rows = []
+    for model, values in subject_level.get("models", {}).items():
+        row = {"model": model}
+        for key in ("accuracy", "balanced_accuracy", "roc_auc"):
+            value = values.get(key, {})
+            mean, sd = value.get("mean"), value.get("sd")
+            row[METRIC_NAMES[key]] = (
+                "n/a" if mean is None else f"{mean:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
+            )
+        rows.append(row)
+    section.heading("Per subject").text(
+        f"{subject_level.get('n_subjects')} subject(s); {subject_level.get('prediction')}; "
+        f"{subject_level.get('metrics')} (subject_predictions.tsv)."
+    )
+    section.table(pd.DataFrame(rows), caption="Subject level: mean ± SD over seeds")
 
 
 def build_group_report(run_dir: str | os.PathLike) -> Path:
@@ -159,6 +251,7 @@ def build_group_report(run_dir: str | os.PathLike) -> Path:
     summary = json.loads((run_dir / "summary.json").read_text())
     classes = [str(c) for c in summary.get("classes", [])]
     sections = [_dataset_section(summary)]
+    sections += [s for s in (_inputs_section(summary),) if s is not None]
 
     performance = Section("Performance", "performance")
     metrics_file = run_dir / "metrics.tsv"
@@ -172,6 +265,7 @@ def build_group_report(run_dir: str | os.PathLike) -> Path:
         for key in METRIC_NAMES:
             per_unit[key] = pd.to_numeric(per_unit[key], errors="coerce")
         performance.heading("Per fold and seed").table(per_unit)
+        _subject_level(performance, summary)
     else:
         performance.text("No unit has finished yet; re-run the group level to train and aggregate.")
     sections.append(performance)
@@ -220,6 +314,7 @@ def build_group_report(run_dir: str | os.PathLike) -> Path:
     from neurossm_app.reports.cpa import cpa_sections
 
     sections.extend(cpa_sections(run_dir))
+    sections += [s for s in (_provenance_section(summary),) if s is not None]
     title = f"neurossm-app group report: {summary.get('run_name', run_dir.name)}"
     intro = (
         f"NeuroSSM classification of {summary.get('target')} "
