@@ -96,8 +96,10 @@ def test_workflow_graph_builds(tmp_path, strategy, n_runs):
         runs, atlas, CleaningSettings(strategy=strategy), tmp_path / "out", tmp_path / "w"
     )
     names = wf.list_node_names()
-    assert len(names) == 5 * n_runs
-    assert sum(name.endswith("ds_timeseries") for name in names) == n_runs
+    # one extraction node (resample, parcellate, clean) and two sinks per run, for every strategy
+    assert len(names) == 3 * n_runs
+    for node in ("extract", "ds_timeseries", "ds_report"):
+        assert sum(name.endswith(f".{node}") for name in names) == n_runs
 
 
 @pytest.mark.parametrize("apptainer, kind", [(None, "docker"), ("/img.sif", "singularity")])
