@@ -72,14 +72,34 @@ def _damaged(path: Path, why: str) -> DataError:
     )
 
 
+def weights_path(path: Path) -> Path:
+    """The ``.safetensors`` file of a checkpoint given by either of its two files.
+
+    Raises
+    ------
+    DataError
+        ``path`` ends in neither ``.safetensors`` nor ``.json``.
+    """
+    path = Path(path)
+    if path.suffix == ".json":
+        return path.with_suffix(".safetensors")
+    if path.suffix != ".safetensors":
+        raise DataError(
+            f"{path} is not a checkpoint file; give its .safetensors (or the .json beside it), "
+            "e.g. RUN_DIR/checkpoints/model-neurossm_fold-0_seed-0.safetensors."
+        )
+    return path
+
+
 def read_checkpoint_info(path: Path) -> dict[str, Any]:
-    """Read and check the JSON of checkpoint ``path`` (the ``.safetensors`` path).
+    """Read and check the JSON of checkpoint ``path`` (its ``.safetensors`` or its ``.json``).
 
     Raises
     ------
     DataError
         Missing or unreadable JSON, another format, or weights whose hash does not match.
     """
+    path = weights_path(path)
     meta = path.with_suffix(".json")
     if not path.is_file() or not meta.is_file():
         raise _damaged(path, "the .safetensors or its .json is missing")
@@ -111,6 +131,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    path = weights_path(path)
     info = read_checkpoint_info(path)
     try:
         state = load_file(str(path), device="cpu")
@@ -122,6 +143,8 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 def load_neurossm(path: Path, backend: str = "auto") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a trained NeuroSSM from its checkpoint (in eval mode, on the CPU).
 
+    ``path`` is the checkpoint's ``.safetensors`` or the ``.json`` beside it.
+
     Raises
     ------
     DataError
@@ -129,6 +152,7 @@ def load_neurossm(path: Path, backend: str = "auto") -> tuple[nn.Module, dict[st
     """
     from neurossm_app.group.models import build_neurossm
 
+    path = weights_path(path)
     state, info = load_checkpoint(path)
     model, _ = build_neurossm(info["config"], backend=backend)
     try:
