@@ -14,11 +14,13 @@ from pathlib import Path
 
 from neurossm_app.argtypes import non_negative_int
 from neurossm_app.group.neurosynth import default_neurosynth_dir
-from neurossm_app.group.presets import DEFAULT_PRESET, DEVICES, KNOWN_BASELINES, preset_names
+from neurossm_app.group.presets import DEFAULT_PRESET, DEVICES, KNOWN_BASELINES, TUNE_CHOICES, preset_names
+from neurossm_app.group.train import AUGMENTATIONS
 from neurossm_app.model.neurossm import SIGNALS
 
 _SIGNALS_METAVAR = "{" + ",".join(SIGNALS) + "}"
 _BASELINES_METAVAR = "{" + ",".join([*KNOWN_BASELINES, "none"]) + "}"
+_AUGMENT_METAVAR = "{" + ",".join([*AUGMENTATIONS, "none"]) + "}"
 
 _FROM_PRESET = "default: from --preset"
 
@@ -128,6 +130,30 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         "--weight-decay", type=float, metavar="W", help=f"AdamW weight decay ({_FROM_PRESET}, 0.01)"
     )
     group.add_argument(
+        "--augment",
+        nargs="+",
+        metavar=_AUGMENT_METAVAR,
+        help="augmentations of the training windows: scale (one amplitude factor per window, "
+        "0.8-1.25), noise (white, SD 0.1), roi-dropout (each ROI set to 0 with probability 0.1, as a "
+        "missing ROI), time-mask (one span of up to 10%% of the volumes set to 0, as censored ones); "
+        f"'none' for none ({_FROM_PRESET}; docs/model.md)",
+    )
+    group.add_argument(
+        "--inner-val",
+        type=float,
+        metavar="FRACTION",
+        help="hold out this fraction of each training fold's subjects (or --cv-group groups) as an "
+        "inner validation split, stratified and grouped like the folds; its best epoch's weights are "
+        f"kept (early stopping) and --tune chooses on it; 0: none, keep the last epoch ({_FROM_PRESET})",
+    )
+    group.add_argument(
+        "--tune",
+        choices=TUNE_CHOICES,
+        help="lr-wd: train one model per learning rate x weight decay pair of a small grid "
+        "(docs/model.md) and keep the best on the inner validation split (about 5x the training "
+        f"time); none: use --lr and --weight-decay ({_FROM_PRESET}, none)",
+    )
+    group.add_argument(
         "--device",
         default="auto",
         metavar="{" + ",".join(DEVICES) + "}",
@@ -145,6 +171,12 @@ def _add_validation_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="K",
         help=f"folds of the stratified cross-validation grouped by subject ({_FROM_PRESET}, 5)",
+    )
+    group.add_argument(
+        "--cv-group",
+        metavar="COLUMN",
+        help="group the folds by this participants.tsv column instead of the subject (site, family, "
+        "person): no value of it is ever on both sides of a split; default: the subject",
     )
     group.add_argument(
         "--seeds",

@@ -19,6 +19,7 @@ from neurossm_app.errors import DataError
 from neurossm_app.files import write_json, write_tsv
 from neurossm_app.group.checkpoints import read_checkpoint_info
 from neurossm_app.group.evaluate import METRICS
+from neurossm_app.group.learning import overfitting_check
 from neurossm_app.group.presets import GroupSettings
 from neurossm_app.group.subjects import write_subject_level
 from neurossm_app.group.units import read_marker, unit_dir
@@ -93,6 +94,8 @@ def aggregate_units(
             models[model] = {m: _mean_sd(pd.to_numeric(rows[m], errors="coerce")) for m in METRICS}
     summary = run_summary(settings, dataset_summary, models, markers, missing)
     if metrics:
+        done = [(int(m["fold"]), int(m["seed"])) for m in markers]
+        summary["overfitting"] = overfitting_check(run_dir, done, table)
         summary["subject_level"] = write_subject_level(run_dir, pooled, list(dataset_summary["classes"]))
     summary |= extra or {}
     write_json(run_dir / "summary.json", _json_safe(summary))
@@ -158,12 +161,7 @@ def run_summary(
         "preset": settings.preset,
         "target": settings.target,
         "classes": list(classes),
-        "protocol": (
-            f"hold-out split by subject ({settings.test_size:g} of subjects held out)"
-            if settings.skip_cross_validation
-            else f"{settings.folds}-fold stratified cross-validation grouped by subject"
-        )
-        + f", {len(settings.seeds)} seed(s)",
+        "protocol": protocol_text(settings),
         "units": {
             "expected": len(settings.units),
             "complete": len(markers),
@@ -180,6 +178,23 @@ def run_summary(
             "units_total": round(sum(m.get("total_seconds", 0.0) for m in markers), 1),
         },
     }
+
+
+def protocol_text(settings: GroupSettings) -> str:
+    """``5-fold stratified cross-validation grouped by subject, 3 seed(s)`` and the like."""
+    unit = "subject" if settings.cv_group is None else f"participants.tsv {settings.cv_group}"
+    split = (
+        f"hold-out split by {unit} ({settings.test_size:g} of the groups held out)"
+        if settings.skip_cross_validation
+        else f"{settings.folds}-fold stratified cross-validation grouped by {unit}"
+    )
+    selection = (
+        f"; epochs chosen on an inner validation split of {settings.inner_val:g} of each training fold"
+        + (", learning rate and weight decay too (--tune lr-wd)" if settings.tune != "none" else "")
+        if settings.inner_val > 0
+        else ""
+    )
+    return f"{split}, {len(settings.seeds)} seed(s){selection}"
 
 
 def _json_safe(value: Any) -> Any:

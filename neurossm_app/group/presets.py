@@ -21,8 +21,11 @@ from neurossm_app.model.neurossm import config_problems
 
 PRESETS_FILE = "group_presets.json"
 DEFAULT_PRESET = "hcp-rest"
-KNOWN_BASELINES = ("fc-logreg",)
+KNOWN_BASELINES = ("fc-logreg", "stats-logreg")
 DEVICES = ("auto", "cpu", "cuda")
+#: ``--tune`` choices: ``none`` trains with ``lr`` and ``weight_decay``; ``lr-wd`` chooses them on
+#: the inner validation split from :data:`neurossm_app.group.selection.LR_WD_GRID`.
+TUNE_CHOICES = ("none", "lr-wd")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 
 # Settings that change the numbers; a resumed run must agree with the saved run on all of them.
@@ -54,10 +57,20 @@ class GroupSettings:
         Repetitions of the whole protocol with different splits and initialisations.
     skip_cross_validation, test_size
         One stratified hold-out split by subject, ``test_size`` of the subjects held out.
+    cv_group
+        ``participants.tsv`` column whose values group the folds (site, family, person); ``None``:
+        the subject.
     baselines
         Classical models run on the same folds (``fc-logreg``), possibly empty.
     d_model, n_layers, d_state, d_conv, expand, scales, signals, bidirectional, dropout
         :class:`neurossm_app.model.NeuroSSMConfig` fields.
+    augment
+        Augmentations of the training windows (:data:`neurossm_app.group.train.AUGMENTATIONS`).
+    inner_val
+        Fraction of each training fold's groups held out as the inner validation split that
+        chooses the epoch (and with ``tune``, the learning rate and weight decay); 0: none.
+    tune
+        :data:`TUNE_CHOICES`.
     participant_label, session_label, task_id
         Data selection (``None``: everything).
     device, omp_nthreads
@@ -87,6 +100,10 @@ class GroupSettings:
     signals: tuple[str, ...]
     bidirectional: bool
     dropout: float
+    augment: tuple[str, ...]
+    inner_val: float
+    tune: str
+    cv_group: str | None = None
     participant_label: tuple[str, ...] | None = None
     session_label: tuple[str, ...] | None = None
     task_id: tuple[str, ...] | None = None
@@ -174,7 +191,7 @@ def resolve_settings(preset: str | None, overrides: dict[str, Any]) -> GroupSett
             raise ValueError(f"unknown group setting {key}")
         if value is not None:
             values[key] = value
-    for key in ("seeds", "baselines", "scales", "signals"):
+    for key in ("seeds", "baselines", "scales", "signals", "augment"):
         values[key] = tuple(values[key])
     for key in ("participant_label", "session_label", "task_id"):
         # Sorted: the selection, not the spelling of the command, must match when a run resumes.
@@ -182,8 +199,9 @@ def resolve_settings(preset: str | None, overrides: dict[str, Any]) -> GroupSett
             values[key] = tuple(sorted(set(values[key])))
         else:
             values[key] = None
-    if values["baselines"] in (("none",), ("None",)):
-        values["baselines"] = ()
+    for key in ("baselines", "augment"):
+        if values[key] in (("none",), ("None",)):
+            values[key] = ()
     settings = GroupSettings(**values)
     check_settings(settings)
     return settings
@@ -215,6 +233,7 @@ def check_settings(settings: GroupSettings) -> None:
             for field, value, reason in cuda_kernel_problems(settings.d_state, settings.d_conv)
         ]
     problems += _run_problems(settings)
+    problems += _selection_problems(settings)
     if problems:
         raise UsageError("; ".join(problems) + ".")
 
@@ -252,4 +271,25 @@ def _run_problems(settings: GroupSettings) -> list[str]:
         )
     if settings.device not in DEVICES:
         problems.append(f"--device must be one of {', '.join(DEVICES)} (got {settings.device})")
+    return problems
+
+
+def _selection_problems(settings: GroupSettings) -> list[str]:
+    """Problems with the model-selection, augmentation and fold-grouping fields."""
+    from neurossm_app.group.train import AUGMENTATIONS
+
+    problems = []
+    bad = [a for a in settings.augment if a not in AUGMENTATIONS]
+    if bad:
+        problems.append(
+            f"unknown --augment {', '.join(bad)}; choose from {', '.join(AUGMENTATIONS)} or 'none'"
+        )
+    if not 0.0 <= settings.inner_val < 0.5:
+        problems.append(f"--inner-val must be at least 0 and below 0.5 (got {settings.inner_val})")
+    if settings.tune not in TUNE_CHOICES:
+        problems.append(f"--tune must be one of {', '.join(TUNE_CHOICES)} (got {settings.tune})")
+    elif settings.tune != "none" and settings.inner_val == 0:
+        problems.append(f"--tune {settings.tune} chooses on the inner validation split: give --inner-val > 0")
+    if settings.cv_group is not None and not re.match(r"^[^\s]+$", settings.cv_group):
+        problems.append(f"--cv-group {settings.cv_group!r} must name one participants.tsv column")
     return problems

@@ -46,8 +46,11 @@ from neurossm_app.group.run_folder import (
 from neurossm_app.group.splits import (
     build_splits,
     check_fold_counts,
+    fold_groups,
+    group_unit,
     load_or_save_splits,
     saved_splits,
+    split_groups,
     unit_split,
 )
 from neurossm_app.group.train import resolve_device
@@ -100,7 +103,8 @@ def run_group_level(
         device = resolve_device(settings.device)
         dataset, inputs = load_inputs(settings, output_dir, participants_tsv, run_filters, fmriprep_dir)
         run_dir = run_directory_path(output_dir, settings.run_name)
-        splits = check_resume_state(run_dir, settings, dataset, units)
+        groups = fold_groups(dataset.subjects, settings.cv_group, participants_tsv)
+        splits = check_resume_state(run_dir, settings, dataset, units, groups)
         prepared = check_analysis(settings, dataset, analysis, run_dir) if analysis is not None else None
         provenance = call_provenance(command_line)
     run_dir = run_directory(output_dir, settings.run_name)
@@ -159,8 +163,9 @@ def load_inputs(
         selection.excluded,
     )  # fmt: skip
     check_fold_counts(
-        dataset.labels, dataset.subjects, dataset.classes, settings.folds, settings.skip_cross_validation
-    )
+        dataset.labels, fold_groups(dataset.subjects, settings.cv_group, participants_tsv), dataset.classes,
+        settings.folds, settings.skip_cross_validation, group_unit(settings.cv_group),
+    )  # fmt: skip
     warn_mixed_trs(tr_counts(dataset.repetition_times), settings.dynamic_length)
     inputs = input_record(
         dataset.participant_settings, dataset.sidecars, dataset.repetition_times, output_dir, fmriprep_dir
@@ -173,6 +178,7 @@ def check_resume_state(
     settings: GroupSettings,
     dataset: GroupDataset,
     units: list[tuple[int, int]],
+    groups: list[str] | None = None,
 ) -> pd.DataFrame:
     """Check what earlier calls of the run left (read only) and return the splits to use.
 
@@ -197,6 +203,7 @@ def check_resume_state(
         settings.skip_cross_validation,
         settings.test_size,
         dataset.repetition_times,
+        groups,
     )
     check_config(run_dir, settings)
     saved = saved_splits(run_dir / "splits.tsv", splits, settings.run_name)
@@ -297,7 +304,8 @@ def train_units(
             )  # fmt: skip
             continue
         train, test = unit_split(splits, names, fold, seed)
-        run_unit(dataset, train, test, fold, seed, settings, run_dir, device)
+        groups = split_groups(splits, names, seed)
+        run_unit(dataset, train, test, fold, seed, settings, run_dir, device, groups)
 
 
 def aggregate(run_dir: Path, settings: GroupSettings, dataset: GroupDataset, extra: dict[str, Any]) -> None:

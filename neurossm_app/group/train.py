@@ -1,9 +1,12 @@
 """Training NeuroSSM on random windows of the training scans.
 
 Every epoch draws one fresh random window of ``window`` volumes from every training scan, in a
-shuffled order; AdamW with a one-cycle learning-rate schedule, gradient clipping, class-weighted
-cross-entropy, and mixed precision on CUDA only (bf16 where supported, else fp16 with a gradient
-scaler). Everything random comes from the seed given, so CPU runs repeat bit for bit.
+shuffled order, optionally augmented (:func:`augment_windows`); AdamW with a one-cycle
+learning-rate schedule, gradient clipping, class-weighted cross-entropy, and mixed precision on
+CUDA only (bf16 where supported, else fp16 with a gradient scaler). After every epoch the model
+can be scored on held-out scans (:class:`EpochChecks`): an inner validation split, whose best
+epoch's weights are kept (early stopping), and the test fold, for the learning curves only.
+Everything random comes from the seed given, so CPU runs repeat bit for bit.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import random
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -40,6 +43,8 @@ class TrainSettings:
         Peak learning rate of the one-cycle schedule and AdamW's decoupled weight decay.
     grad_clip
         Maximum global gradient norm.
+    augment
+        Names from :data:`AUGMENTATIONS` applied to every training window.
     """
 
     window: int
@@ -48,6 +53,55 @@ class TrainSettings:
     lr: float
     weight_decay: float
     grad_clip: float = 1.0
+    augment: tuple[str, ...] = ()
+
+
+#: ``--augment`` choices, applied in this order (:func:`augment_windows`).
+AUGMENTATIONS = ("scale", "noise", "roi-dropout", "time-mask")
+SCALE_RANGE = (0.8, 1.25)  # one amplitude factor per window, log-uniform
+NOISE_SD = 0.1  # additive white noise, in the z-scored units of the series
+ROI_DROPOUT = 0.1  # probability that a ROI of a window is set to 0 (its mean), as a missing ROI is
+TIME_MASK = 0.1  # at most this fraction of a window's volumes, one span, set to 0 as censored ones are
+
+
+def augment_windows(windows: np.ndarray, augment: tuple[str, ...], rng: np.random.Generator) -> np.ndarray:
+    """Augmented copies of training windows.
+
+    Parameters
+    ----------
+    windows : numpy.ndarray, (B, R, L) float32
+        Windows of z-scored series.
+    augment : tuple of str
+        Names from :data:`AUGMENTATIONS`: ``scale`` multiplies each window by one factor drawn
+        log-uniformly from :data:`SCALE_RANGE`; ``noise`` adds white noise of SD
+        :data:`NOISE_SD`; ``roi-dropout`` sets each ROI of a window to 0 with probability
+        :data:`ROI_DROPOUT`; ``time-mask`` sets one span of up to :data:`TIME_MASK` of the volumes
+        of every ROI to 0. Zero is what the group level writes for a missing ROI or a censored
+        volume (the mean after z-scoring), so the last two teach the model the gaps real data have.
+    rng : numpy.random.Generator
+        Only the augmentations asked for draw from it.
+
+    Returns
+    -------
+    numpy.ndarray, (B, R, L) float32
+    """
+    if not augment:
+        return windows
+    out = windows.copy()
+    n_windows, n_rois, length = out.shape
+    if "scale" in augment:
+        low, high = np.log(SCALE_RANGE)
+        out *= np.exp(rng.uniform(low, high, size=(n_windows, 1, 1))).astype(np.float32)
+    if "noise" in augment:
+        out += (NOISE_SD * rng.standard_normal(out.shape)).astype(np.float32)
+    if "roi-dropout" in augment:
+        out *= rng.random((n_windows, n_rois, 1)) >= ROI_DROPOUT
+    if "time-mask" in augment:
+        spans = rng.integers(0, int(TIME_MASK * length) + 1, size=n_windows)
+        starts = rng.integers(0, length - spans + 1)
+        for index, (start, span) in enumerate(zip(starts, spans, strict=True)):
+            out[index, :, start : start + span] = 0.0
+    return out
 
 
 def resolve_device(device: str) -> torch.device:
@@ -170,6 +224,39 @@ def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """Scans scored after every epoch: normalized series, each (R, T_i), and labels (N,) int64."""
+
+    series: list[np.ndarray]
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class EpochChecks:
+    """What :func:`train_model` scores after every epoch (full-length scans, eval mode).
+
+    Attributes
+    ----------
+    validation
+        The inner validation split: the epoch with the highest balanced accuracy on it (ties: the
+        lowest class-balanced cross-entropy, then the earliest) is kept, its weights restored.
+    test
+        The test fold: its accuracy goes into the history for the learning curves only; nothing
+        is chosen with it.
+    """
+
+    validation: HeldOut | None = None
+    test: HeldOut | None = None
+
+
+#: Columns of :func:`train_model`'s history (``val_*``/``test_*`` NaN when not scored).
+HISTORY_COLUMNS = (
+    "epoch", "loss", "train_accuracy", "lr", "val_loss", "val_accuracy", "val_balanced_accuracy",
+    "test_accuracy", "selected",
+)  # fmt: skip
+
+
 def train_model(
     model: nn.Module,
     series: list[np.ndarray],
@@ -179,8 +266,9 @@ def train_model(
     seed: int,
     device: torch.device,
     description: str = "train",
+    checks: EpochChecks | None = None,
 ) -> pd.DataFrame:
-    """Train ``model`` in place on random windows.
+    """Train ``model`` in place on random windows; with a validation split, keep its best epoch.
 
     Parameters
     ----------
@@ -192,28 +280,93 @@ def train_model(
     n_classes : int
     settings : TrainSettings
     seed : int
-        Seeds the window positions and batch order (model initialisation is the caller's).
+        Seeds the window positions, augmentations and batch order (model initialisation is the
+        caller's).
     device : torch.device
     description : str
         Prefix of the progress bar and log lines (e.g. ``fold-0 seed-1``).
+    checks : EpochChecks, optional
+        Held-out scans scored after every epoch; with ``checks.validation`` the model ends with
+        the weights of the chosen epoch, otherwise with those of the last.
 
     Returns
     -------
     pandas.DataFrame
-        One row per epoch: ``epoch``, ``loss`` (mean training loss), ``train_accuracy`` (on the
-        windows of that epoch), ``lr`` (at the end of the epoch).
+        One row per epoch, :data:`HISTORY_COLUMNS`: ``loss`` (mean training loss),
+        ``train_accuracy`` (on the windows of that epoch, in training mode), ``lr`` (at the end
+        of the epoch), the validation split's ``val_loss`` (class-balanced cross-entropy),
+        ``val_accuracy``, ``val_balanced_accuracy``, the test fold's ``test_accuracy``, and
+        ``selected`` (1 on the epoch whose weights the model ends with).
     """
+    checks = checks or EpochChecks()
     rng = np.random.default_rng(seed)
     steps_per_epoch = -(-len(series) // settings.batch_size)
     model.to(device)
     optimisation = Optimisation.build(model, settings, labels, n_classes, steps_per_epoch, device)
     labels_t = torch.as_tensor(labels, dtype=torch.long)
-    history = []
+    history, best = [], _BestEpoch()
     for epoch in range(1, settings.epochs + 1):
         row = train_epoch(optimisation, series, labels_t, settings, rng, f"{description} epoch {epoch}")
+        row |= score_epoch(model, checks, n_classes, settings.batch_size, device)
         history.append({"epoch": epoch, **row})
         log_epoch(description, epoch, settings.epochs, history[-1])
-    return pd.DataFrame(history, columns=["epoch", "loss", "train_accuracy", "lr"])
+        if checks.validation is not None:
+            best.offer(epoch, row, model)
+    chosen = best.restore(model) if checks.validation is not None else settings.epochs
+    frame = pd.DataFrame(history, columns=list(HISTORY_COLUMNS[:-1]))
+    frame["selected"] = (frame["epoch"] == chosen).astype(int)
+    return frame
+
+
+@dataclass
+class _BestEpoch:
+    """The best epoch on the validation split so far, and a copy of its weights."""
+
+    key: tuple[float, float] | None = None
+    epoch: int = 0
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def offer(self, epoch: int, row: dict[str, float], model: nn.Module) -> None:
+        loss = row["val_loss"] if np.isfinite(row["val_loss"]) else np.inf
+        key = (row["val_balanced_accuracy"], -loss)
+        if self.key is None or key > self.key:  # strictly better: ties keep the earlier epoch
+            self.key, self.epoch = key, epoch
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def restore(self, model: nn.Module) -> int:
+        model.load_state_dict(self.state)
+        return self.epoch
+
+
+def score_epoch(
+    model: nn.Module, checks: EpochChecks, n_classes: int, batch_size: int, device: torch.device
+) -> dict[str, float]:
+    """``val_loss``, ``val_accuracy``, ``val_balanced_accuracy`` and ``test_accuracy`` (NaN: not scored)."""
+    from neurossm_app.group.evaluate import predict_proba
+
+    row = dict.fromkeys(HISTORY_COLUMNS[4:8], float("nan"))
+    if checks.validation is not None:
+        proba = predict_proba(model, checks.validation.series, device, batch_size)  # (N_val, C)
+        row |= held_out_scores(checks.validation.labels, proba, n_classes)
+    if checks.test is not None:
+        proba = predict_proba(model, checks.test.series, device, batch_size)
+        row["test_accuracy"] = float((proba.argmax(axis=1) == checks.test.labels).mean())
+    return row
+
+
+def held_out_scores(labels: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[str, float]:
+    """Accuracy, balanced accuracy and class-balanced cross-entropy of probabilities (N, C).
+
+    Balanced: every class present counts the same, whatever its number of scans.
+    """
+    correct = proba.argmax(axis=1) == labels
+    nll = -np.log(np.clip(proba[np.arange(len(labels)), labels], 1e-12, None))
+    present = [k for k in range(n_classes) if np.any(labels == k)]
+    return {
+        "val_loss": float(np.mean([nll[labels == k].mean() for k in present])),
+        "val_accuracy": float(correct.mean()),
+        "val_balanced_accuracy": float(np.mean([correct[labels == k].mean() for k in present])),
+    }
 
 
 @dataclass
@@ -309,6 +462,7 @@ def train_epoch(
         chunk = slice(step * batch_size, (step + 1) * batch_size)
         # Cut per batch: all windows of an epoch at once would not fit in memory on HCP.
         windows = random_windows([series[i] for i in order[chunk]], settings.window, rng)
+        windows = augment_windows(windows, settings.augment, rng)
         x = torch.from_numpy(windows).to(optimisation.device, non_blocking=True)  # (B, R, L)
         y = targets[chunk].to(optimisation.device)
         loss, logits, last_lr = optimisation.step(x, y)
@@ -320,13 +474,24 @@ def train_epoch(
     return {"loss": total_loss / n_samples, "train_accuracy": correct / n_samples, "lr": last_lr}
 
 
+_HELD_OUT_LOGGED = (
+    ("val_balanced_accuracy", "validation balanced accuracy"),
+    ("test_accuracy", "test accuracy"),
+)
+
+
 def log_epoch(description: str, epoch: int, epochs: int, row: dict[str, float]) -> None:
     """Log about five epochs per run at INFO (the others at DEBUG); warn of a non-finite loss."""
     level = logging.INFO if epoch % max(1, epochs // 5) == 0 or epoch == epochs else logging.DEBUG
+    held_out = "".join(
+        f", {name} {row[key]:.3f}"
+        for key, name in _HELD_OUT_LOGGED
+        if np.isfinite(row.get(key, float("nan")))
+    )
     LOGGER.log(
         level,
-        "%s epoch %d/%d: loss %.4f, train accuracy %.3f, lr %.2e",
-        description, epoch, epochs, row["loss"], row["train_accuracy"], row["lr"],
+        "%s epoch %d/%d: loss %.4f, train accuracy %.3f, lr %.2e%s",
+        description, epoch, epochs, row["loss"], row["train_accuracy"], row["lr"], held_out,
     )  # fmt: skip
     if not np.isfinite(row["loss"]):
         LOGGER.warning("%s: the training loss is not finite; try a lower --lr", description)

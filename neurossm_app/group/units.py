@@ -23,9 +23,9 @@ from neurossm_app.group.baseline import BASELINES
 from neurossm_app.group.checkpoints import checkpoint_path, save_checkpoint
 from neurossm_app.group.data import NORMALIZATION, GroupDataset
 from neurossm_app.group.evaluate import METRICS, classification_metrics, predict_proba
-from neurossm_app.group.models import build_neurossm
 from neurossm_app.group.presets import GroupSettings
-from neurossm_app.group.train import TrainSettings, reproducible, train_model, unit_seed
+from neurossm_app.group.selection import train_selected
+from neurossm_app.group.train import deterministic_algorithms, unit_seed
 from neurossm_app.model.backends import backend_summary
 from neurossm_app.provenance import GROUP_PACKAGES, software_versions
 
@@ -88,6 +88,7 @@ def run_unit(
     settings: GroupSettings,
     run_dir: Path,
     device: torch.device,
+    groups: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train NeuroSSM (and the baselines) on ``train``, test on ``test``, write the unit's files.
 
@@ -101,11 +102,15 @@ def run_unit(
     run_dir : Path
         ``OUTPUT_DIR/group/<run-name>``.
     device : torch.device
+    groups : list of str, length N, optional
+        Fold group of every scan (``splits.tsv``'s ``group``; default: its subject): the inner
+        validation split of :mod:`.selection` keeps groups whole.
 
     Returns
     -------
     dict
-        The completion marker written (``unit.json``).
+        The completion marker written (``unit.json``), with the kept epoch and settings under
+        ``selection``.
     """
     started = time.time()
     name = f"fold-{fold} seed-{seed}"
@@ -120,9 +125,11 @@ def run_unit(
         "unit %s: %d training scan(s), %d test scan(s) of %d subject(s)",
         name, len(train), len(test), counts["n_test_subjects"],
     )  # fmt: skip
-    model, model_config, history, proba = train_and_test_neurossm(
-        dataset, train, test, settings, unit_seed(seed, fold), device, name
-    )
+    groups = dataset.subjects if groups is None else groups
+    selected = train_selected(dataset, train, test, groups, settings, unit_seed(seed, fold), device, name)
+    model, model_config, history = selected.model, selected.model_config, selected.history
+    with deterministic_algorithms():
+        proba = predict_proba(model, [dataset.series[i] for i in test], device, settings.batch_size)
     probabilities = {"neurossm": proba}
     trained_s = time.time() - started
     probabilities |= baseline_probabilities(dataset, train, test, settings.baselines, seed)
@@ -134,6 +141,7 @@ def run_unit(
         "complete": True,
         "checkpoint": str(checkpoint.relative_to(run_dir)),
         "checkpoint_sha256": info["sha256"],
+        "selection": selected.choice,
         **unit_provenance(device, settings, trained_s, started),
     }
     write_json(unit_dir(run_dir, fold, seed) / MARKER, marker)  # last: marks the unit complete
@@ -156,44 +164,6 @@ def unit_provenance(
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "software": software_versions(GROUP_PACKAGES),
     }
-
-
-def train_and_test_neurossm(
-    dataset: GroupDataset,
-    train: np.ndarray,
-    test: np.ndarray,
-    settings: GroupSettings,
-    seed: int,
-    device: torch.device,
-    description: str,
-) -> tuple[torch.nn.Module, dict[str, Any], pd.DataFrame, np.ndarray]:
-    """A fresh NeuroSSM trained on ``train`` and tested on ``test``, reproducibly from ``seed``.
-
-    Returns
-    -------
-    model, model_config
-        The trained model and its ``NeuroSSMConfig`` dictionary.
-    history : pandas.DataFrame
-        :func:`~neurossm_app.group.train.train_model`'s table.
-    proba : numpy.ndarray, (N_test, C)
-    """
-    n_classes = len(dataset.classes)
-    config = {"n_rois": len(dataset.roi_names), "n_classes": n_classes, **settings.model_fields()}
-    train_settings = TrainSettings(
-        window=settings.dynamic_length,
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        lr=settings.lr,
-        weight_decay=settings.weight_decay,
-    )
-    with reproducible(seed):
-        model, model_config = build_neurossm(config)
-        history = train_model(
-            model, [dataset.series[i] for i in train], dataset.labels[train], n_classes, train_settings,
-            seed + 1, device, description,
-        )  # fmt: skip
-        proba = predict_proba(model, [dataset.series[i] for i in test], device, settings.batch_size)
-    return model, model_config, history, proba
 
 
 def baseline_probabilities(

@@ -112,17 +112,26 @@ def roc_svg(predictions: pd.DataFrame, classes: list[str]) -> str:
 
 
 def learning_svg(histories: dict[str, pd.DataFrame]) -> str:
-    """Training loss and accuracy per epoch, one line per unit (fold and seed)."""
+    """Per epoch and unit (the kept --tune candidate): training loss; training, inner-validation
+    and test accuracy (solid, dashed, dotted); a dot on the kept epoch."""
+    from neurossm_app.group.learning import kept_candidate, kept_epoch
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-    for name, history in histories.items():
-        epochs = pd.to_numeric(history["epoch"])
-        axes[0].plot(epochs, pd.to_numeric(history["loss"]), lw=1, label=name)
-        axes[1].plot(epochs, pd.to_numeric(history["train_accuracy"]), lw=1, label=name)
+    for index, (name, history) in enumerate(histories.items()):
+        rows, color = kept_candidate(history), f"C{index % 10}"
+        epochs = pd.to_numeric(rows["epoch"])
+        axes[0].plot(epochs, pd.to_numeric(rows["loss"]), lw=1, color=color, label=name)
+        for column, style in (("train_accuracy", "-"), ("val_accuracy", "--"), ("test_accuracy", ":")):
+            if column in rows.columns:
+                values = pd.to_numeric(rows[column], errors="coerce")
+                axes[1].plot(epochs, values, ls=style, lw=1, color=color)
+        kept = kept_epoch(history)
+        axes[1].plot([float(kept["epoch"])], [float(kept["train_accuracy"])], "o", ms=3, color=color)
     axes[0].set_ylabel("training loss")
-    axes[1].set_ylabel("training accuracy (random windows)")
+    axes[1].set_ylabel("accuracy: training -, inner validation --, test :")
     for ax in axes:
         ax.set_xlabel("epoch")
-    axes[1].legend(fontsize=6, ncol=2)
+    axes[0].legend(fontsize=6, ncol=2)
     return figure_to_svg(fig)
 
 
@@ -294,21 +303,17 @@ def build_group_report(run_dir: str | os.PathLike) -> Path:
     }
     if histories:
         learning = Section("Learning curves", "learning")
+        from neurossm_app.group.learning import learning_table
+
+        if (summary.get("overfitting") or {}).get("warning"):
+            learning.text(f"Warning: {summary['overfitting']['warning']}")
         learning.figure(
-            learning_svg(histories), "NeuroSSM training loss and accuracy per epoch, per fold and seed."
+            learning_svg(histories),
+            "NeuroSSM per epoch, per fold and seed: training loss; accuracy on the training windows, "
+            "the inner validation split (chooses the kept epoch, dot) and the test fold (shown only, "
+            "never used to choose).",
         )
-        last = pd.DataFrame(
-            [
-                {
-                    "unit": name,
-                    "epochs": len(h),
-                    "final loss": float(h["loss"].iloc[-1]),
-                    "final training accuracy": float(h["train_accuracy"].iloc[-1]),
-                }
-                for name, h in histories.items()
-            ]
-        )
-        learning.table(last)
+        learning.table(learning_table(histories), caption="The kept epoch of every unit")
         sections.append(learning)
 
     from neurossm_app.reports.cpa import cpa_sections
