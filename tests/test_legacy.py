@@ -606,3 +606,44 @@ def test_end_to_end_hcp_rest_npy_to_group_metrics(tmp_path, capsys):
     assert len(metrics[metrics["model"] == "neurossm"]) == 3
     baseline = metrics[metrics["model"] == "fc-logreg"]
     assert baseline["roc_auc"].mean() >= 0.9, metrics
+
+
+# --- grouping columns (issue 24) --------------------------------------------------------------
+
+
+def test_sample_table_person_column_reaches_participants_and_cv_group(tmp_path, capsys):
+    """Windows of one person with both labels: one subject per window, grouped by ``person``."""
+    from neurossm_app.group.splits import build_splits, fold_groups
+
+    rng = np.random.default_rng(11)
+    n_people, windows = 5, 4
+    np.save(tmp_path / "windows.npy", rng.standard_normal((n_people * windows, N_AAL, 23)).astype(np.float32))
+    table = pd.DataFrame(
+        {
+            "subject": [f"P{p}w{w}" for p in range(n_people) for w in range(windows)],
+            "group": ["PD", "Control"] * (n_people * windows // 2),
+            "Person": [f"P{p}" for p in range(n_people) for _ in range(windows)],
+        }
+    )
+    table.to_csv(tmp_path / "samples.csv", index=False)
+    out = tmp_path / "out"
+    argv = ["ppmi", str(tmp_path / "windows.npy"), str(out), "--sample-table", str(tmp_path / "samples.csv")]
+    assert main(argv) == 0
+    participants = pd.read_csv(out / "participants.tsv", sep="\t", dtype=str)
+    assert list(participants.columns) == ["participant_id", "group", "person", "source_id"]
+    assert participants.set_index("participant_id").loc["sub-P3w1", "person"] == "P3"
+    assert "--cv-group person" in json.loads((out / "participants.json").read_text())["person"]["Description"]
+
+    subjects = [s.removeprefix("sub-") for s in participants["participant_id"]]
+    groups = fold_groups(subjects, "person", out / "participants.tsv")
+    labels = (participants["group"] == "PD").to_numpy().astype(int)
+    splits = build_splits(
+        subjects, subjects, list(participants["group"]), labels, (0,), 5, False, 0.2, None, groups
+    )
+    assert splits.groupby("group")["test_fold"].nunique().max() == 1
+    assert splits.groupby("test_fold")["label"].nunique().min() == 2  # each person holds both labels
+
+    table.loc[4, "subject"] = "P0w0"  # the same subject (and label) in two people
+    table.to_csv(tmp_path / "samples.csv", index=False)
+    assert main([*argv, "--force"]) == 65
+    assert "two person values" in _error_line(capsys)

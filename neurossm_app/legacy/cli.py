@@ -81,7 +81,8 @@ def _add_label_options(labels: argparse._ArgumentGroup) -> None:
         type=abs_path,
         metavar="CSV",
         help="for arrays without identifiers (a numeric subjects x ROIs x volumes .npy): one row per "
-        "sample, in array order, with a subject column and optionally task, group, sex, run",
+        "sample, in array order, with a subject column and optionally task, group, sex, run, and "
+        "person, family or site (copied to participants.tsv for the group level's --cv-group)",
     )
     labels.add_argument(
         "--label-map",

@@ -24,6 +24,7 @@ from neurossm_app.bids import TEMPLATE_SPACE, build_path, dataset_description
 from neurossm_app.errors import DataError, NoFilesSelectedError, OutputError, UsageError
 from neurossm_app.files import tsv_text, write_text
 from neurossm_app.legacy.labels import (
+    GROUPING_COLUMNS,
     MISSING,
     read_pheno,
     read_table,
@@ -53,6 +54,12 @@ _PARTICIPANT_COLUMNS = {
         "Levels": {"PD": "Parkinson's disease", "Control": "healthy control"},
     },
     "release": {"Description": "HCP data release of the subject (pheno.csv Release)"},
+    "person": {
+        "Description": "the person whose scans this subject holds (--sample-table); neurossm-app "
+        "group --cv-group person keeps a person's subjects in one fold"
+    },
+    "family": {"Description": "family of the subject; --cv-group family keeps relatives in one fold"},
+    "site": {"Description": "acquisition site of the subject; --cv-group site keeps a site in one fold"},
     "source_id": {"Description": "subject identifier in the original NeuroSSM data files"},
 }
 
@@ -217,7 +224,7 @@ def _apply_sample_table(samples: list[Sample], path: Path) -> None:
                 "--sample-table is only for arrays without identifiers."
             )
         sample.subject = row["source_id"]
-        for name in ("task", "group", "sex", "run", "label"):
+        for name in ("task", "group", "sex", "run", "label", *GROUPING_COLUMNS):
             if name in row and row[name] not in ("", MISSING):
                 sample.fields[name] = row[name]
 
@@ -307,6 +314,7 @@ class _Labels:
             )
         if row is not None and "release" in row:
             self.labels[subject]["release"] = row["release"] or MISSING
+        self._record_grouping(subject, source_id, sample, row)
         scan = Scan(sample, subject, source_id, task)
         scan.repetition_time, scan.tr_source = _repetition_time(self.settings, sample, source)
         return scan
@@ -370,6 +378,19 @@ class _Labels:
                 f"({self.labels[subject][kind]}, {value}); fix the records."
             )
 
+    def _record_grouping(self, subject: str, source_id: str, sample: Sample, row: pd.Series | None) -> None:
+        """``person``/``family``/``site`` from --pheno or the records (--sample-table), one per subject."""
+        for column in GROUPING_COLUMNS:
+            value = row[column] if row is not None and column in row else sample.fields.get(column)
+            value = value_text(value)
+            if value is None:
+                continue
+            if self.labels[subject].setdefault(column, value) != value:
+                raise DataError(
+                    f"{self.settings.input}: subject {source_id} has two {column} values "
+                    f"({self.labels[subject][column]}, {value}); a subject belongs to one {column}."
+                )
+
     def check_pheno_covers_subjects(self) -> None:
         """Every subject is in --pheno when labels or the release filter come from it."""
         if self.not_in_pheno and (self.label_from_pheno or self.settings.release_filter):
@@ -384,7 +405,7 @@ class _Labels:
         """The ``participants.tsv`` rows of the subjects of ``scans``."""
         subjects = sorted({s.subject for s in scans})
         participants = pd.DataFrame({"participant_id": [f"sub-{s}" for s in subjects]})
-        for column in ("sex", "group", "release"):
+        for column in ("sex", "group", "release", *GROUPING_COLUMNS):
             if any(column in self.labels[s] for s in subjects):
                 participants[column] = [self.labels[s].get(column, MISSING) for s in subjects]
         participants["source_id"] = [self.source_ids[s] for s in subjects]

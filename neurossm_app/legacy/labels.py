@@ -63,7 +63,12 @@ PHENO_COLUMNS = {
     "task": ("task", "taskname", "tasklabel"),
     "run": ("run",),
     "label": ("label", "y", "target", "class"),
+    "person": ("person", "personid"),
+    "family": ("family", "familyid"),
+    "site": ("site", "siteid"),
 }
+#: Columns copied to participants.tsv unchanged, one value per subject, for ``--cv-group``.
+GROUPING_COLUMNS = ("person", "family", "site")
 
 
 def norm_key(key: Any) -> str:
