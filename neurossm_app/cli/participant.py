@@ -6,13 +6,11 @@ import argparse
 import gc
 import logging
 import re
-import shutil
-import subprocess
 from collections import Counter
 from pathlib import Path
 
 from neurossm_app import __version__
-from neurossm_app.errors import DataError, NeurossmError, ValidationError
+from neurossm_app.errors import DataError, NeurossmError
 
 LOGGER = logging.getLogger("neurossm_app")
 
@@ -25,6 +23,7 @@ def run_participant(opts: argparse.Namespace) -> None:
     """Select runs, build the nipype workflow, run it, and write provenance files."""
     from neurossm_app.bids import check_output_dir, dataset_description
     from neurossm_app.citation import write_citation
+    from neurossm_app.participant.validation import finish_validation, start_validation
 
     output_dir = check_output_dir(opts.bids_dir, opts.output_dir)
     settings = _cleaning_settings(opts)
@@ -93,30 +92,6 @@ def _select_runs(opts: argparse.Namespace):
     for run in runs:
         check_run(run)
     return runs, get_atlas(opts.atlas or "schaefer400", opts.atlas_dir)
-
-
-def start_validation(bids_dir: Path) -> subprocess.Popen | None:
-    """Start the official validator on BIDS_DIR when it is installed (see :func:`finish_validation`)."""
-    validator = shutil.which("bids-validator-deno") or shutil.which("bids-validator")
-    if validator is None:
-        LOGGER.warning("bids-validator-deno not found; skipping validation of %s", bids_dir)
-        return None
-    return subprocess.Popen(
-        [validator, str(bids_dir)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-
-
-def finish_validation(validation: subprocess.Popen | None, bids_dir: Path) -> None:
-    """Wait for the validator; exit 16 (ValidationError) if it found errors."""
-    if validation is None:
-        return
-    stdout, _ = validation.communicate()
-    if validation.returncode != 0:
-        errors = [line for line in stdout.splitlines() if "ERROR" in line.upper()]
-        first = errors[0].strip() if errors else "see the validator's report"
-        raise ValidationError(
-            f"BIDS_DIR {bids_dir} failed BIDS validation ({first}); fix it or pass --skip-bids-validation."
-        )
 
 
 def _run_workflow(
