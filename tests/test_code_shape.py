@@ -82,3 +82,17 @@ def test_the_walk_measures_what_it_says(tmp_path):
         ("A.short.<locals>.inner", 4, 2),
         ("long", 8, 82),
     ]
+
+
+def test_building_the_command_line_imports_neither_torch_nor_nipype():
+    """Every call builds the parser (participant and fetch calls too); torch's import alone took
+    1.4-4 s of each (issue 21), so the options' vocabularies live in torch-free modules."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from neurossm_app.cli.parser import build_parser; build_parser(); "
+        "print(sorted({'torch', 'nipype', 'nimare'} & set(sys.modules)))"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]", found.stdout + found.stderr

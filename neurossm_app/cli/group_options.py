@@ -14,9 +14,15 @@ from pathlib import Path
 
 from neurossm_app.argtypes import non_negative_int
 from neurossm_app.group.neurosynth import default_neurosynth_dir
-from neurossm_app.group.presets import DEFAULT_PRESET, DEVICES, KNOWN_BASELINES, TUNE_CHOICES, preset_names
-from neurossm_app.group.train import AUGMENTATIONS
-from neurossm_app.model.neurossm import SIGNALS
+from neurossm_app.group.presets import (
+    AUGMENTATIONS,
+    DEFAULT_PRESET,
+    DEVICES,
+    KNOWN_BASELINES,
+    TUNE_CHOICES,
+    preset_names,
+)
+from neurossm_app.model.vocabulary import SIGNALS
 
 _SIGNALS_METAVAR = "{" + ",".join(SIGNALS) + "}"
 _BASELINES_METAVAR = "{" + ",".join([*KNOWN_BASELINES, "none"]) + "}"

@@ -16,8 +16,6 @@ from importlib import resources
 from typing import Any
 
 from neurossm_app.errors import UsageError
-from neurossm_app.model.backends import cuda_kernel_problems
-from neurossm_app.model.neurossm import config_problems
 
 PRESETS_FILE = "group_presets.json"
 DEFAULT_PRESET = "hcp-rest"
@@ -26,6 +24,8 @@ DEVICES = ("auto", "cpu", "cuda")
 #: ``--tune`` choices: ``none`` trains with ``lr`` and ``weight_decay``; ``lr-wd`` chooses them on
 #: the inner validation split from :data:`neurossm_app.group.selection.LR_WD_GRID`.
 TUNE_CHOICES = ("none", "lr-wd")
+#: --augment names, in the order they are applied (group/train.py:augment_windows).
+AUGMENTATIONS = ("scale", "noise", "roi-dropout", "time-mask")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 
 # Settings that change the numbers; a resumed run must agree with the saved run on all of them.
@@ -223,6 +223,10 @@ def check_settings(settings: GroupSettings) -> None:
     architecture through :func:`neurossm_app.model.neurossm.config_problems`, the CUDA kernels'
     limits when ``--device cuda`` asks for them, and the group level's own fields.
     """
+    # imported here: both import torch, and the command line's parser imports this module
+    from neurossm_app.model.backends import cuda_kernel_problems
+    from neurossm_app.model.neurossm import config_problems
+
     problems = [
         f"{_option(p.field)} {p.requirement} (got {_shown(p.value)})"
         for p in config_problems(**settings.model_fields())
@@ -276,8 +280,6 @@ def _run_problems(settings: GroupSettings) -> list[str]:
 
 def _selection_problems(settings: GroupSettings) -> list[str]:
     """Problems with the model-selection, augmentation and fold-grouping fields."""
-    from neurossm_app.group.train import AUGMENTATIONS
-
     problems = []
     bad = [a for a in settings.augment if a not in AUGMENTATIONS]
     if bad:

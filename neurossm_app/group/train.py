@@ -44,7 +44,7 @@ class TrainSettings:
     grad_clip
         Maximum global gradient norm.
     augment
-        Names from :data:`AUGMENTATIONS` applied to every training window.
+        Names from :data:`neurossm_app.group.presets.AUGMENTATIONS` applied to every training window.
     """
 
     window: int
@@ -56,8 +56,6 @@ class TrainSettings:
     augment: tuple[str, ...] = ()
 
 
-#: ``--augment`` choices, applied in this order (:func:`augment_windows`).
-AUGMENTATIONS = ("scale", "noise", "roi-dropout", "time-mask")
 SCALE_RANGE = (0.8, 1.25)  # one amplitude factor per window, log-uniform
 NOISE_SD = 0.1  # additive white noise, in the z-scored units of the series
 ROI_DROPOUT = 0.1  # probability that a ROI of a window is set to 0 (its mean), as a missing ROI is
@@ -72,7 +70,8 @@ def augment_windows(windows: np.ndarray, augment: tuple[str, ...], rng: np.rando
     windows : numpy.ndarray, (B, R, L) float32
         Windows of z-scored series.
     augment : tuple of str
-        Names from :data:`AUGMENTATIONS`: ``scale`` multiplies each window by one factor drawn
+        Names from :data:`~neurossm_app.group.presets.AUGMENTATIONS`:
+        ``scale`` multiplies each window by one factor drawn
         log-uniformly from :data:`SCALE_RANGE`; ``noise`` adds white noise of SD
         :data:`NOISE_SD`; ``roi-dropout`` sets each ROI of a window to 0 with probability
         :data:`ROI_DROPOUT`; ``time-mask`` sets one span of up to :data:`TIME_MASK` of the volumes

@@ -30,11 +30,9 @@ from torch import Tensor, nn
 
 from neurossm_app.model.blocks import Pathway, pool_time, temporal_difference, time_mask
 from neurossm_app.model.scan import Backend
+from neurossm_app.model.vocabulary import SIGNALS
 
 __all__ = ["SIGNALS", "ConfigProblem", "NeuroSSM", "NeuroSSMConfig", "config_problems", "pathway_names"]
-
-#: Signals a pathway can take, in the order pathways are listed.
-SIGNALS = ("raw", "diff")
 
 
 def pathway_names(signals: Iterable[str], scales: Iterable[int]) -> tuple[str, ...]:
