@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from neurossm_app import __version__
+from neurossm_app.bids import TEMPLATE_SPACE
 from neurossm_app.files import write_text
 
 _REFERENCES = """\
@@ -18,8 +20,14 @@ _REFERENCES = """\
 """
 
 
-def write_citation(output_dir: str | os.PathLike, atlas=None, settings=None) -> Path:
-    """Write (or refresh) ``OUTPUT_DIR/logs/CITATION.md``."""
+def write_citation(
+    output_dir: str | os.PathLike, atlas=None, settings=None, space: str = TEMPLATE_SPACE
+) -> Path:
+    """Write (or refresh) ``OUTPUT_DIR/logs/CITATION.md``.
+
+    The methods paragraph names every atlas OUTPUT_DIR holds series of (``atlas``, this call's,
+    and those of earlier calls, read from the series' file names), with their references.
+    """
     import nilearn
     import nipype
 
@@ -30,17 +38,39 @@ def write_citation(output_dir: str | os.PathLike, atlas=None, settings=None) -> 
         f"and nilearn {nilearn.__version__}.",
     ]
     if atlas is not None and settings is not None:
+        atlases = _atlases(Path(output_dir), atlas)
+        named = " and ".join(f"the {label} atlas ({n_rois} regions)" for label, n_rois, _ in atlases)
         bands = f"{settings.high_pass or 0}-{settings.low_pass or 'Nyquist'} Hz"
         lines.append(
-            f"Preprocessed BOLD runs (fMRIPrep, MNI152NLin2009cAsym) were parcellated with the "
-            f"{atlas.spec.bids_label} atlas ({atlas.n_rois} regions; resampled to each run's grid with "
-            f"nearest-neighbour interpolation; regions with less than {settings.min_coverage:.0%} of their "
-            f"voxels inside the brain mask were excluded) by averaging voxels within the brain mask. "
+            f"Preprocessed BOLD runs (fMRIPrep, {space}) were parcellated"
+            f"{', separately,' if len(atlases) > 1 else ''} with {named} by averaging voxels within the "
+            f"brain mask. {'Each atlas was' if len(atlases) > 1 else 'The atlas was'} resampled to each "
+            f"run's grid with nearest-neighbour interpolation; regions with less than "
+            f"{settings.min_coverage:.0%} of their voxels inside the brain mask were excluded. "
             f"Parcel signals were denoised with nilearn.signal.clean: linear detrending "
             f"{'on' if settings.detrend else 'off'}, the '{settings.strategy}' fMRIPrep confound set, "
             f"Butterworth band-pass {bands}, standardization '{settings.standardize}'."
         )
-        if atlas.spec.citation:
-            lines += ["", "Atlas reference:", f"- {atlas.spec.citation}"]
+        references = list(dict.fromkeys(citation for _, _, citation in atlases if citation))
+        if references:
+            lines += ["", "Atlas references:" if len(references) > 1 else "Atlas reference:"]
+            lines += [f"- {citation}" for citation in references]
     lines += ["", "## References", "", _REFERENCES]
     return write_text(Path(output_dir) / "logs" / "CITATION.md", "\n".join(lines))
+
+
+def _atlases(output_dir: Path, atlas) -> list[tuple[str, int, str]]:
+    """``(label, regions, reference)`` of ``atlas`` and of every other atlas OUTPUT_DIR holds
+    series of (regions: the columns of one of its series), sorted by label."""
+    from neurossm_app.atlases import ATLASES
+
+    found = {atlas.spec.bids_label: (atlas.n_rois, atlas.spec.citation)}
+    for series in sorted(output_dir.glob("sub-*/**/*_atlas-*_stat-mean_timeseries.tsv")):
+        label = re.search(r"_atlas-([A-Za-z0-9]+)_", series.name)
+        if label is None or label.group(1) in found:
+            continue
+        with open(series, encoding="utf-8", errors="replace") as handle:
+            n_rois = handle.readline().count("\t") + 1
+        citation = next((s.citation for s in ATLASES.values() if s.bids_label == label.group(1)), "")
+        found[label.group(1)] = (n_rois, citation)
+    return [(label, *found[label]) for label in sorted(found)]

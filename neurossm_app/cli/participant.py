@@ -23,6 +23,11 @@ def run_participant(opts: argparse.Namespace) -> None:
     """Select runs, build the nipype workflow, run it, and write provenance files."""
     from neurossm_app.bids import check_output_dir, dataset_description
     from neurossm_app.citation import write_citation
+    from neurossm_app.participant.output_settings import (
+        check_output_settings,
+        record_output_settings,
+        space_of,
+    )
     from neurossm_app.participant.validation import finish_validation, start_validation
 
     output_dir = check_output_dir(opts.bids_dir, opts.output_dir)
@@ -34,6 +39,7 @@ def run_participant(opts: argparse.Namespace) -> None:
         runs, atlas = _select_runs(opts)
     finally:
         finish_validation(validation, opts.bids_dir)
+    made = check_output_settings(output_dir, settings, space_of(runs))  # refused before any write
     subjects = sorted({r.entities["subject"] for r in runs})
     LOGGER.info(
         "participant level: %d run(s) of %d subject(s), atlas %s (%d ROIs), confounds %s",
@@ -51,7 +57,8 @@ def run_participant(opts: argparse.Namespace) -> None:
         # on NaN in a BOLD file) leaves OUTPUT_DIR without files that look like a derivative.
         if progress.done:
             dataset_description(output_dir, [opts.bids_dir])
-            write_citation(output_dir, atlas=atlas, settings=settings)
+            write_citation(output_dir, atlas=atlas, settings=settings, space=made["Space"])
+            record_output_settings(output_dir, made)
     reports = [progress.reports.get(s) or _subject_report(output_dir, s) for s in subjects]
     LOGGER.info(
         "reports: %s", reports[0] if len(reports) == 1 else f"{output_dir}/sub-*.html ({len(reports)})"

@@ -119,6 +119,7 @@ class DerivativesSink(SimpleInterface):
 class _ReportletsInputSpec(BaseInterfaceInputSpec):
     output_dir = traits.Str(mandatory=True, desc="OUTPUT_DIR")
     entities = traits.Dict(mandatory=True, desc="run entities (subject, session, task, run, ...)")
+    atlas_label = traits.Str(mandatory=True, desc="atlas-<label> entity of the figure names")
     raw_file = File(exists=True, mandatory=True, desc="raw parcel means (volumes x ROIs), .npy")
     clean_file = File(exists=True, mandatory=True, desc="denoised parcel signals")
     coverage_file = File(exists=True, mandatory=True, desc="per-ROI coverage")
@@ -158,6 +159,7 @@ class RunReportlets(SimpleInterface):
             list(self.inputs.indices),
             censored,
             self.inputs.fd_threshold,
+            atlas_label=self.inputs.atlas_label,
         )
         self._results["out_files"] = [str(p) for p in written]
         return runtime

@@ -56,6 +56,7 @@ def init_run_wf(
         RunReportlets(
             output_dir=str(Path(output_dir).resolve()),
             entities=dict(run.entities),
+            atlas_label=atlas.spec.bids_label,
             confounds_file=str(run.confounds),
             mask_file=str(run.mask),
             indices=list(atlas.indices),

@@ -1,13 +1,15 @@
 """The participant report: per run, coverage, carpet plots, motion and ROI correlations.
 
-Figures are written per run by the workflow as ``sub-X/figures/*.svg`` (reportlets) and assembled
-into ``OUTPUT_DIR/sub-X.html`` once all runs of the subject are done.
+Figures are written per run and atlas by the workflow as ``sub-X/figures/*_atlas-<A>_*.svg``
+(reportlets; several atlases may share OUTPUT_DIR) and assembled into ``OUTPUT_DIR/sub-X.html``,
+one section per run and atlas, once all runs of the subject are done.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -234,11 +236,13 @@ def write_run_reportlets(
     indices: list[int],
     censored: list[int],
     fd_threshold: float | None,
+    atlas_label: str | None = None,
 ) -> list[Path]:
-    """Draw one run's figures and write them as ``sub-X/figures/<run>_desc-<figure>_bold.svg``.
+    """Draw one run's figures and write them as ``sub-X/figures/<run>_atlas-<A>_desc-<figure>_bold.svg``.
 
     ``raw_file`` is the (T, R) ``.npy`` of parcel means before cleaning; ``coverage_file`` (the
-    TSV with ``roi`` and ``coverage`` columns) gives the ROI names.
+    TSV with ``roi`` and ``coverage`` columns) gives the ROI names. ``atlas_label`` keeps the
+    figures of several atlases in one OUTPUT_DIR apart.
     """
     raw = np.load(raw_file)
     table = read_tsv(coverage_file)
@@ -266,9 +270,18 @@ def write_run_reportlets(
         svgs["motion"] = motion_svg(fd, censored, fd_threshold)
     written = []
     for name, svg in svgs.items():
-        path = build_path(output_dir, {**entities, "desc": name}, "bold", ".svg", datatype="figures")
+        path = figure_path(output_dir, entities, atlas_label, name)
         written.append(write_text(path, svg))
     return written
+
+
+def figure_path(
+    output_dir: str | os.PathLike, entities: dict[str, Any], atlas_label: str | None, figure: str
+) -> Path:
+    """``sub-X/[ses-Y/]figures/<run>_atlas-<A>_desc-<figure>_bold.svg`` (:func:`build_path`)."""
+    return build_path(
+        output_dir, {**entities, "atlas": atlas_label, "desc": figure}, "bold", ".svg", datatype="figures"
+    )
 
 
 def _data_rows(tsv: Path) -> int:
@@ -277,19 +290,33 @@ def _data_rows(tsv: Path) -> int:
         return sum(1 for line in handle if line.strip()) - 1
 
 
-def build_participant_report(output_dir: str | os.PathLike, subject: str) -> Path:
-    """Assemble ``OUTPUT_DIR/sub-<subject>.html`` from the subject's sidecars and reportlets."""
+def _atlas_of(sidecar: Path) -> str:
+    """The ``atlas-`` entity of a series file name."""
+    found = re.search(r"_atlas-([A-Za-z0-9]+)_", sidecar.name)
+    return found.group(1) if found else ""
+
+
+def build_participant_report(
+    output_dir: str | os.PathLike, subject: str, failed: dict[str, str] | None = None
+) -> Path:
+    """Assemble ``OUTPUT_DIR/sub-<subject>.html`` from the subject's sidecars and reportlets.
+
+    ``failed`` (run name -> why) lists the subject's runs that this call could not process; the
+    report shows them first, each with its reason.
+    """
     output_dir = Path(output_dir)
     subject_dir = output_dir / f"sub-{subject}"
-    sidecars = sorted(subject_dir.rglob("*_stat-mean_timeseries.json"))
+    # one section per run and atlas, atlas by atlas (several may share OUTPUT_DIR)
+    sidecars = sorted(subject_dir.rglob("*_stat-mean_timeseries.json"), key=lambda p: (_atlas_of(p), p))
     sections = []
     summary_rows = []
     for sidecar_file in sidecars:
         meta = json.loads(sidecar_file.read_text())
-        run_name = sidecar_file.name.split("_space-")[0]
+        run_name, atlas = sidecar_file.name.split("_space-")[0], _atlas_of(sidecar_file)
         summary_rows.append(
             {
                 "run": run_name,
+                "atlas": atlas,
                 "volumes": _data_rows(sidecar_file.with_suffix(".tsv")),
                 "TR (s)": meta["RepetitionTime"],
                 "censored": len(meta["CensoredVolumes"]),
@@ -297,7 +324,7 @@ def build_participant_report(output_dir: str | os.PathLike, subject: str) -> Pat
                 "regressors": len(meta["ConfoundRegressors"]),
             }
         )
-        section = Section(run_name, run_name.replace("_", "-"))
+        section = Section(f"{run_name}, atlas {atlas}", f"{run_name}_atlas-{atlas}".replace("_", "-"))
         settings = pd.DataFrame(
             [
                 ("atlas", meta["Atlas"]),
@@ -316,18 +343,25 @@ def build_participant_report(output_dir: str | os.PathLike, subject: str) -> Pat
         settings["value"] = [("off" if v is None else str(v)) for v in settings["value"]]
         section.heading("Cleaning settings").table(settings)
         for key, caption in FIGURES.items():
-            matches = sorted(subject_dir.rglob(f"figures/{run_name}_desc-{key}_bold.svg"))
-            if matches:
-                section.heading(caption).figure(matches[0].read_text(), caption)
+            # the name figure_path gives this run and atlas, beside the run's func/ folder
+            svg = sidecar_file.parent.parent / "figures" / f"{run_name}_atlas-{atlas}_desc-{key}_bold.svg"
+            if svg.is_file():
+                section.heading(caption).figure(svg.read_text(), caption)
         sections.append(section)
     overview = Section("Summary", "summary")
     if summary_rows:
         overview.table(pd.DataFrame(summary_rows), float_format="{:.2f}")
     else:
         overview.text("No completed runs were found for this subject.")
+    if failed:
+        overview.heading("Failed runs").text(
+            f"{len(failed)} run(s) failed in the last call and have no new outputs; fix the input named "
+            "and re-run."
+        )
+        overview.table(pd.DataFrame({"run": list(failed), "why": list(failed.values())}))
     page = render_page(
         f"neurossm-app participant report: sub-{subject}",
-        "Denoised ROI time series extracted from fMRIPrep derivatives. Each run lists its cleaning "
+        "Denoised ROI time series extracted from fMRIPrep derivatives. Each run and atlas lists its cleaning "
         "settings, atlas coverage, ROI signals before and after cleaning, head motion, and the ROI "
         "correlation matrix.",
         [overview, *sections],
