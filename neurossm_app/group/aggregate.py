@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -173,11 +174,23 @@ def run_summary(
             "balanced_accuracy": 1.0 / len(classes),
         },
         "dataset": dataset_summary,
+        "backends": backends_used(markers),
         "seconds": {
             "neurossm_training_and_testing": round(sum(m.get("neurossm_seconds", 0.0) for m in markers), 1),
             "units_total": round(sum(m.get("total_seconds", 0.0) for m in markers), 1),
         },
     }
+
+
+def backends_used(markers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where the complete units ran (their ``unit.json``): one entry per device and scan and
+    convolution back end, with how many units ran there; older units say ``not recorded``."""
+    fields = ("device", "scan_backend", "conv_backend")
+    counts = Counter(tuple(m.get(f, "not recorded") for f in fields) for m in markers)
+    return [
+        {"device": device, "scan_backend": scan, "conv_backend": conv, "units": n}
+        for (device, scan, conv), n in sorted(counts.items())
+    ]
 
 
 def protocol_text(settings: GroupSettings) -> str:

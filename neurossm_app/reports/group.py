@@ -226,6 +226,10 @@ def _provenance_section(summary: dict) -> Section | None:
         f"neurossm-app {provenance.get('neurossm-app')}, {provenance.get('date')}; command line: "
         f"{provenance.get('command_line')}"
     )
+    backends = summary.get("backends")
+    if backends:
+        section.text("Where NeuroSSM ran (per unit: device, selective-scan and convolution back end):")
+        section.table(pd.DataFrame(backends))
     software = provenance.get("software", {})
     if software:
         section.table(pd.DataFrame({"software": list(software), "version": list(software.values())}))
