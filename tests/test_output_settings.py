@@ -145,3 +145,39 @@ def test_every_cleaning_setting_is_recorded():
     assert len(record) == len(fields(CleaningSettings)) + 1
     assert record["FDThreshold"] is None and record["MinCoverage"] == 0.5
     assert record["Space"] == "MNI152NLin6Asym"
+
+
+def _legacy_sidecar(out, subject, **fields):
+    """A series sidecar as an older neurossm-app wrote it (no record beside it)."""
+    from neurossm_app.config import CleaningSettings
+
+    made = participant_settings(CleaningSettings(), "MNI152NLin2009cAsym")
+    del made["Space"]
+    sidecar = out / f"sub-{subject}/func/sub-{subject}_task-rest_space-MNI152NLin2009cAsym_atlas-AAL3v2"
+    sidecar = sidecar.parent / f"{sidecar.name}_stat-mean_timeseries.json"
+    sidecar.parent.mkdir(parents=True)
+    sidecar.write_text(json.dumps({k: v for k, v in {**made, **fields}.items() if v != "drop"}))
+
+
+def test_a_setting_older_sidecars_lack_is_not_recorded(tmp_path):
+    from neurossm_app.config import CleaningSettings
+    from neurossm_app.errors import UsageError
+
+    _legacy_sidecar(tmp_path, "01", MinCoverage="drop")
+    with pytest.raises(
+        UsageError, match=r"\(--min-coverage not recorded there, 0.5 now; read from the sidecar sub-01/"
+    ):
+        check_output_settings(tmp_path, CleaningSettings(), "MNI152NLin2009cAsym")
+
+
+def test_series_made_two_ways_are_refused_even_when_one_matches(tmp_path):
+    from neurossm_app.config import CleaningSettings
+    from neurossm_app.errors import UsageError
+
+    _legacy_sidecar(tmp_path, "01")
+    _legacy_sidecar(tmp_path, "02", ConfoundStrategy="24P")
+    with pytest.raises(UsageError, match=r"--confounds 24P there, 36P now; read from the sidecar sub-02/"):
+        check_output_settings(tmp_path, CleaningSettings(), "MNI152NLin2009cAsym")
+    # the space comes from the file names
+    with pytest.raises(UsageError, match=r"--space MNI152NLin2009cAsym there, MNI152NLin6Asym now"):
+        check_output_settings(tmp_path, CleaningSettings(), "MNI152NLin6Asym")
