@@ -3,6 +3,9 @@
 Atlases are read from the caches the ecosystem's fetchers fill, by their file names there
 (:func:`atlas_files`): TemplateFlow's ``TEMPLATEFLOW_HOME`` and nilearn's data directories
 (``--atlas-dir``, else ``NILEARN_SHARED_DATA``, ``NILEARN_DATA``, ``~/nilearn_data``).
+Schaefer2018 comes from the TemplateFlow template of the BOLD runs' space (``MNI152NLin2009cAsym``
+or ``MNI152NLin6Asym``, :data:`SPACES`); AAL3v2 is defined in MNI (Colin27) space and is used as
+it is in both.
 ``neurossm-app`` never downloads: a missing atlas is one clear error (exit 66) naming the file and
 the ``neurossm-app-fetch`` command that provides it (:mod:`neurossm_app.fetch`, the only place
 that downloads).
@@ -21,8 +24,9 @@ import pandas as pd
 from neurossm_app.bids import TEMPLATE_SPACE
 from neurossm_app.errors import DataError, InputMissingError, UsageError
 from neurossm_app.files import is_present
+from neurossm_app.fmriprep import SPACES
 
-TEMPLATE = TEMPLATE_SPACE  # the atlases are resampled from the template of the BOLD space
+TEMPLATE = TEMPLATE_SPACE  # the default space; Schaefer is read from the template of the BOLD space
 #: TemplateFlow ``res-`` of the Schaefer volume the participant level reads.
 RUNTIME_RESOLUTION = 2
 
@@ -68,20 +72,36 @@ ATLASES = {
 
 @dataclass(frozen=True)
 class Atlas:
-    """A resolved atlas: a label image on the MNI152NLin2009cAsym grid and its label table.
+    """A resolved atlas: a label image in ``space`` and its label table.
 
-    ``indices[i]`` is the integer value of ROI ``names[i]`` in ``image``.
+    ``indices[i]`` is the integer value of ROI ``names[i]`` in ``image``. ``root`` is the cache
+    the image was read from (TemplateFlow's home, or the nilearn data directory), so that
+    sidecars can name the image by a BIDS URI (:attr:`uri`) relative to it.
     """
 
     spec: AtlasSpec
     image: Path
     indices: tuple[int, ...]
     names: tuple[str, ...]
+    space: str = TEMPLATE
+    root: Path | None = None
 
     @property
     def n_rois(self) -> int:
         """Number of ROIs in the label table."""
         return len(self.names)
+
+    @property
+    def link(self) -> str:
+        """``DatasetLinks`` name of :attr:`root`: ``templateflow`` or ``nilearn``."""
+        return self.spec.source
+
+    @property
+    def uri(self) -> str:
+        """``bids:templateflow:tpl-.../...`` or ``bids:nilearn:aal_3v2/...`` (the path if no root)."""
+        if self.root is None:
+            return str(self.image)
+        return f"bids:{self.link}:{self.image.relative_to(self.root).as_posix()}"
 
 
 def atlas_files(
@@ -89,6 +109,7 @@ def atlas_files(
     templateflow_home: Path,
     nilearn_data: Path,
     resolutions: tuple[int, ...] = (RUNTIME_RESOLUTION,),
+    space: str = TEMPLATE,
 ) -> list[Path]:
     """The files atlas ``key`` consists of in the local caches.
 
@@ -100,6 +121,8 @@ def atlas_files(
         The TemplateFlow home and the nilearn data directory.
     resolutions
         TemplateFlow ``res-`` values of the Schaefer volumes to list (ignored for AAL3v2).
+    space
+        TemplateFlow template of the Schaefer files (:data:`SPACES`; ignored for AAL3v2).
 
     Returns
     -------
@@ -108,10 +131,10 @@ def atlas_files(
     """
     spec = ATLASES[key]
     if spec.source == "templateflow":
-        folder = Path(templateflow_home) / f"tpl-{TEMPLATE}"
+        folder = Path(templateflow_home) / f"tpl-{space}"
         stem = f"atlas-Schaefer2018_desc-{spec.desc}_dseg"
-        volumes = [folder / f"tpl-{TEMPLATE}_res-{res:02d}_{stem}.nii.gz" for res in resolutions]
-        return [*volumes, folder / f"tpl-{TEMPLATE}_{stem}.tsv"]
+        volumes = [folder / f"tpl-{space}_res-{res:02d}_{stem}.nii.gz" for res in resolutions]
+        return [*volumes, folder / f"tpl-{space}_{stem}.tsv"]
     folder = Path(nilearn_data) / "aal_3v2" / "AAL3"
     return [folder / "AAL3v1.nii", folder / "AAL3v1.xml"]
 
@@ -164,7 +187,7 @@ def nilearn_data_dirs(atlas_dir: str | os.PathLike | None = None) -> list[Path]:
     return [*found, Path.home() / "nilearn_data"]
 
 
-def get_atlas(key: str, atlas_dir: str | os.PathLike | None = None) -> Atlas:
+def get_atlas(key: str, atlas_dir: str | os.PathLike | None = None, space: str = TEMPLATE) -> Atlas:
     """Resolve ``key`` (a :data:`ATLASES` key) to files in the local caches; never downloads.
 
     Parameters
@@ -173,6 +196,9 @@ def get_atlas(key: str, atlas_dir: str | os.PathLike | None = None) -> Atlas:
         ``schaefer400``, ``schaefer400-7n`` or ``aal3v2``.
     atlas_dir
         nilearn data directory for AAL3v2 (default: :func:`nilearn_data_dirs`).
+    space
+        The BOLD runs' template space (:data:`SPACES`): Schaefer is read from that template;
+        AAL3v2 (MNI Colin27) is the same file in both.
 
     Raises
     ------
@@ -183,9 +209,11 @@ def get_atlas(key: str, atlas_dir: str | os.PathLike | None = None) -> Atlas:
     if key not in ATLASES:
         raise UsageError(f"unknown atlas {key!r}; choose one of {', '.join(ATLASES)}.")
     spec = ATLASES[key]
+    if space not in SPACES:
+        raise UsageError(f"unknown space {space!r}; choose one of {', '.join(SPACES)}.")
     if spec.source == "templateflow":
-        return _templateflow_atlas(spec, default_templateflow_home())
-    return _nilearn_aal(spec, atlas_dir)
+        return _templateflow_atlas(spec, default_templateflow_home(), space)
+    return _nilearn_aal(spec, atlas_dir, space)
 
 
 def _fetch_command(spec: AtlasSpec, where: str) -> str:
@@ -195,9 +223,9 @@ def _fetch_command(spec: AtlasSpec, where: str) -> str:
     )
 
 
-def _templateflow_atlas(spec: AtlasSpec, home: Path) -> Atlas:
-    """The Schaefer volume and label table, read from ``TEMPLATEFLOW_HOME`` by their file names."""
-    image, table = atlas_files(spec.key, home, Path())
+def _templateflow_atlas(spec: AtlasSpec, home: Path, space: str) -> Atlas:
+    """The Schaefer volume and label table of ``space``, read from ``TEMPLATEFLOW_HOME`` by name."""
+    image, table = atlas_files(spec.key, home, Path(), space=space)
     absent = [p for p in (image, table) if not is_present(p)]
     if absent:
         what = image.name if image in absent else f"the label table {table.name}"
@@ -212,10 +240,11 @@ def _templateflow_atlas(spec: AtlasSpec, home: Path) -> Atlas:
     else:
         indices, names = labels.iloc[:, 0], labels.iloc[:, 1]
     keep = indices.astype(int) != 0
-    return Atlas(spec, image, tuple(indices[keep].astype(int)), tuple(names[keep].astype(str)))
+    indices, names = tuple(indices[keep].astype(int)), tuple(names[keep].astype(str))
+    return Atlas(spec, image, indices, names, space=space, root=home)
 
 
-def _nilearn_aal(spec: AtlasSpec, atlas_dir: str | os.PathLike | None) -> Atlas:
+def _nilearn_aal(spec: AtlasSpec, atlas_dir: str | os.PathLike | None, space: str = TEMPLATE) -> Atlas:
     """AAL3v2 from the first nilearn data directory that holds it, read as nilearn reads it."""
     candidates = nilearn_data_dirs(atlas_dir)
     for data_dir in candidates:
@@ -239,4 +268,5 @@ def _nilearn_aal(spec: AtlasSpec, atlas_dir: str | os.PathLike | None) -> Atlas:
             f"{_fetch_command(spec, f'--nilearn-data {data_dir}')}."
         ) from None
     pairs = [(i, n) for i, n in pairs if i != 0]
-    return Atlas(spec, image, tuple(i for i, _ in pairs), tuple(n for _, n in pairs))
+    indices, names = tuple(i for i, _ in pairs), tuple(n for _, n in pairs)
+    return Atlas(spec, image, indices, names, space=space, root=data_dir)

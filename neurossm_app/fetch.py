@@ -6,10 +6,11 @@ cluster without internet, run it once on a login node (or any machine with inter
 
 Where things go:
 
-- Schaefer2018 400 parcels (7 and 17 networks), ``MNI152NLin2009cAsym``, ``res-01`` and ``res-02``
-  volumes and the ``.tsv`` label tables: ``TEMPLATEFLOW_HOME/tpl-MNI152NLin2009cAsym/``, through
-  ``templateflow.api.get``. TemplateFlow reads ``TEMPLATEFLOW_HOME`` when it is imported, so this
-  module sets the variable first and must run as its own process.
+- Schaefer2018 400 parcels (7 and 17 networks), ``res-01`` and ``res-02`` volumes and the ``.tsv``
+  label tables of both templates the BOLD runs may be in, ``MNI152NLin2009cAsym`` and
+  ``MNI152NLin6Asym``: ``TEMPLATEFLOW_HOME/tpl-<space>/``, through ``templateflow.api.get``.
+  TemplateFlow reads ``TEMPLATEFLOW_HOME`` when it is imported, so this module sets the variable
+  first and must run as its own process.
 - AAL3v2: ``NILEARN_DATA/aal_3v2/AAL3/AAL3v1.{nii,xml}``, through
   ``nilearn.datasets.fetch_atlas_aal(version="3v2")``.
 - Neurosynth (``--neurosynth DIR``): NiMARE's files under ``DIR/neurosynth/`` (see
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from neurossm_app import __version__
 from neurossm_app.argtypes import BidsAppParser
-from neurossm_app.atlases import ATLASES, TEMPLATE, atlas_files, default_templateflow_home, nilearn_data_dirs
+from neurossm_app.atlases import ATLASES, SPACES, atlas_files, default_templateflow_home, nilearn_data_dirs
 from neurossm_app.errors import (
     EX_NOINPUT,
     InputMissingError,
@@ -85,17 +86,29 @@ def _set_templateflow_home(home: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def schaefer_files(key: str, templateflow_home: Path) -> list[Path]:
+    """Every file of one Schaefer2018 atlas that :func:`fetch_schaefer` provides: both
+    resolutions and the label table, in each template of :data:`~neurossm_app.atlases.SPACES`."""
+    return [
+        path
+        for space in SPACES
+        for path in atlas_files(key, templateflow_home, Path(), SCHAEFER_RESOLUTIONS, space)
+    ]
+
+
 def fetch_schaefer(key: str, templateflow_home: Path) -> list[Path]:
-    """Download one Schaefer2018 atlas (both resolutions and the label table) with TemplateFlow."""
+    """Download one Schaefer2018 atlas (both resolutions and the label table, in both
+    templates) with TemplateFlow."""
     spec = ATLASES[key]
     _set_templateflow_home(templateflow_home)
     try:
         from templateflow import api as tflow
 
         query = {"atlas": "Schaefer2018", "desc": spec.desc, "suffix": "dseg"}
-        for res in SCHAEFER_RESOLUTIONS:
-            tflow.get(TEMPLATE, resolution=res, extension=".nii.gz", **query)
-        tflow.get(TEMPLATE, extension=".tsv", **query)
+        for space in SPACES:
+            for res in SCHAEFER_RESOLUTIONS:
+                tflow.get(space, resolution=res, extension=".nii.gz", **query)
+            tflow.get(space, extension=".tsv", **query)
     except OSError as err:
         raise OutputError(f"cannot write to TEMPLATEFLOW_HOME={templateflow_home}: {err}.") from None
     except Exception as err:  # noqa: BLE001 - requests, RuntimeError from templateflow, ...
@@ -103,7 +116,7 @@ def fetch_schaefer(key: str, templateflow_home: Path) -> list[Path]:
             f"could not download {key} from TemplateFlow into {templateflow_home} "
             f"({type(err).__name__}: {_first_line(err)}); check the network connection."
         ) from None
-    wanted = atlas_files(key, templateflow_home, Path(), SCHAEFER_RESOLUTIONS)
+    wanted = schaefer_files(key, templateflow_home)
     missing = [p for p in wanted if not is_present(p)]
     if missing:
         names = ", ".join(p.name for p in missing)
@@ -204,7 +217,11 @@ def check(
     problems = []
     resolvable = []
     for key in keys:
-        missing = [p for p in atlas_files(key, templateflow_home, nilearn_data) if not is_present(p)]
+        spaces = SPACES if ATLASES[key].source == "templateflow" else SPACES[:1]  # AAL3v2: one file for both
+        wanted = [
+            p for space in spaces for p in atlas_files(key, templateflow_home, nilearn_data, space=space)
+        ]
+        missing = [p for p in wanted if not is_present(p)]
         if missing:
             where = (
                 f"--templateflow-home {templateflow_home}"
@@ -220,19 +237,10 @@ def check(
             resolvable.append(key)
     if any(ATLASES[key].source == "templateflow" for key in resolvable):
         _set_templateflow_home(templateflow_home)  # get_atlas reads TEMPLATEFLOW_HOME, as the app does
-    if resolvable:
-        from neurossm_app.atlases import get_atlas
+    for key in resolvable:
+        spaces = SPACES if ATLASES[key].source == "templateflow" else SPACES[:1]
+        problems += [line for space in spaces if (line := _check_resolves(key, nilearn_data, space))]
 
-        for key in resolvable:
-            try:
-                atlas = get_atlas(key, atlas_dir=nilearn_data)
-            except NeurossmError as err:
-                problems.append(f"unusable: {key}: {err}")
-                continue
-            if atlas.n_rois == 0:
-                problems.append(f"unusable: {key}: the label table of {atlas.image} lists no regions.")
-                continue
-            print(f"ok: {key}: {atlas.n_rois} regions, {atlas.image}")
     if neurosynth is not None:
         absent = [p for p in neurosynth_files(neurosynth) if not is_present(p)]
         problems += [
@@ -242,6 +250,20 @@ def check(
         if not absent:
             print(f"ok: neurosynth: {Path(neurosynth) / 'neurosynth'}")
     return problems
+
+
+def _check_resolves(key: str, nilearn_data: Path, space: str) -> str | None:
+    """Resolve one atlas in one space as the participant level does; the problem, or None."""
+    from neurossm_app.atlases import get_atlas
+
+    try:
+        atlas = get_atlas(key, atlas_dir=nilearn_data, space=space)
+    except NeurossmError as err:
+        return f"unusable: {key}: {err}"
+    if atlas.n_rois == 0:
+        return f"unusable: {key}: the label table of {atlas.image} lists no regions."
+    print(f"ok: {key}: {atlas.n_rois} regions, {atlas.image}")
+    return None
 
 
 # --------------------------------------------------------------------------------------------

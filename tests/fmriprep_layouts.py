@@ -14,7 +14,7 @@ Three releases, by the file names and sidecar keys that differ between them:
 
 Every BOLD file has its ``desc-brain_mask`` (same grid), its ``boldref`` and one confounds
 file per run (no ``space-``), with the columns of that release. Images are small boxes of
-cortex in MNI space (:data:`BOX_CENTER_MM`), so a run of 16 volumes is a few hundred kB.
+cortex in MNI space (:data:`BOX_CENTER_MM`), so a run of 40 volumes is at most a few MB (res-1).
 
 ``write_fmriprep`` is what tests call; ``write_raw_bids`` writes the raw dataset beside it.
 """
@@ -212,7 +212,7 @@ def write_fmriprep(
     task: str = "rest",
     runs: tuple[int | None, ...] = (1,),
     spaces: tuple[tuple[str, str | None], ...] = (("MNI152NLin2009cAsym", None),),
-    volumes: int = 16,
+    volumes: int = 40,
     tr: float = 2.0,
     seed: int = 0,
     confounds: bool = True,

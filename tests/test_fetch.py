@@ -40,9 +40,11 @@ def run_fetch(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 def synthetic_cache(tmp_path_factory) -> Path:
     """A fresh synthetic atlas cache (``templateflow/`` and ``nilearn_data/``)."""
     from neurossm_app.synthetic.atlas import install_atlases
+    from tests.conftest import add_nlin6asym
 
     cache = tmp_path_factory.mktemp("fetch") / "cache"
     install_atlases(cache)
+    add_nlin6asym(cache / "templateflow")
     return cache
 
 
@@ -66,8 +68,14 @@ def test_check_passes_on_synthetic_cache_from_the_environment(synthetic_cache):
     )
     assert result.returncode == 0, result.stderr
     ok = [line for line in result.stdout.splitlines() if line.startswith("ok: ")]
-    assert [line.split(":")[1].strip() for line in ok] == ["schaefer400", "schaefer400-7n", "aal3v2"]
-    assert "400 regions" in ok[0] and "166 regions" in ok[2]
+    # Schaefer in both templates the BOLD runs may be in, AAL3v2 once (one file for both)
+    assert [line.split(":")[1].strip() for line in ok] == [
+        *["schaefer400"] * 2,
+        *["schaefer400-7n"] * 2,
+        "aal3v2",
+    ]
+    assert "tpl-MNI152NLin2009cAsym" in ok[0] and "tpl-MNI152NLin6Asym" in ok[1]
+    assert "400 regions" in ok[0] and "166 regions" in ok[4]
     assert "Traceback" not in result.stderr
     assert _listing(synthetic_cache) == before, "--check must not write into the caches"
 
@@ -84,8 +92,9 @@ def test_check_fails_with_66_and_one_line_per_missing_file(tmp_path):
     )
     assert result.returncode == EX_NOINPUT == 66
     lines = result.stderr.strip().splitlines()
-    # res-02 volume + label table for each Schaefer atlas, volume + XML for AAL3v2
-    assert len(lines) == 6, result.stderr
+    # res-02 volume + label table for each Schaefer atlas in each template, volume + XML for AAL3v2
+    assert len(lines) == 10, result.stderr
+    assert sum("tpl-MNI152NLin6Asym_res-02_atlas-Schaefer2018" in line for line in lines) == 2
     assert all(line.startswith("neurossm-app-fetch: missing: ") for line in lines)
     schaefer = next(line for line in lines if "schaefer400:" in line)
     assert "res-02_atlas-Schaefer2018_desc-400Parcels17Networks_dseg.nii.gz" in schaefer
@@ -101,18 +110,22 @@ def test_check_only_the_requested_atlas(synthetic_cache, tmp_path, capsys):
     templateflow, nilearn_data = tmp_path / "templateflow", synthetic_cache / "nilearn_data"
     assert fetch.check(["aal3v2"], templateflow, nilearn_data) == []
     problems = fetch.check(["schaefer400", "schaefer400-7n", "aal3v2"], templateflow, nilearn_data)
-    assert len(problems) == 4 and all(p.startswith("missing: schaefer400") for p in problems)
+    assert len(problems) == 8 and all(p.startswith("missing: schaefer400") for p in problems)
     assert capsys.readouterr().out.count("ok: aal3v2: 166 regions") == 2
 
 
 def test_empty_placeholders_count_as_missing(synthetic_cache, tmp_path):
     # TemplateFlow's skeleton holds zero-byte files for everything not yet downloaded.
-    files = fetch.atlas_files("schaefer400", tmp_path / "tf", tmp_path / "nl")
+    files = [
+        p
+        for space in fetch.SPACES
+        for p in fetch.atlas_files("schaefer400", tmp_path / "tf", tmp_path / "nl", space=space)
+    ]
     for path in files:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
     problems = fetch.check(["schaefer400"], tmp_path / "tf", tmp_path / "nl")
-    assert len(problems) == 2 and all(p.startswith("missing: schaefer400: ") for p in problems)
+    assert len(problems) == 4 and all(p.startswith("missing: schaefer400: ") for p in problems)
 
 
 def test_check_neurosynth_files(tmp_path, capsys):
@@ -192,8 +205,14 @@ def test_fetch_schaefer_gets_both_resolutions_and_the_table(fake_templateflow, t
     assert fetch.main(["--atlas", "schaefer400-7n", "--templateflow-home", str(home)]) == 0
     assert os.environ["TEMPLATEFLOW_HOME"] == str(home)
     volumes = [c for c in calls if c["extension"] == ".nii.gz"]
-    assert sorted(c["resolution"] for c in volumes) == [1, 2]
-    assert all(c["template"] == "MNI152NLin2009cAsym" for c in calls)
+    assert sorted((c["template"], c["resolution"]) for c in volumes) == [
+        ("MNI152NLin2009cAsym", 1),
+        ("MNI152NLin2009cAsym", 2),
+        ("MNI152NLin6Asym", 1),
+        ("MNI152NLin6Asym", 2),
+    ]
+    tables = [c["template"] for c in calls if c["extension"] == ".tsv"]
+    assert sorted(tables) == ["MNI152NLin2009cAsym", "MNI152NLin6Asym"]
     assert all(c["atlas"] == "Schaefer2018" and c["desc"] == "400Parcels7Networks" for c in calls)
     assert [c for c in calls if c["extension"] == ".tsv" and "resolution" not in c]
     out = capsys.readouterr().out

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from neurossm_app.bids import dataset_links, resolve_bids_uri
 from neurossm_app.cli import main
 from neurossm_app.files import read_tsv
 
@@ -94,14 +95,17 @@ def test_equals_nilearn_masker_given_the_sidecar(rest_dataset, tmp_path, strateg
     (tsv,) = _series_files(out)
     ours = read_tsv(tsv)
     meta = json.loads(tsv.with_suffix(".json").read_text())
-    bold, mask, confounds_file = meta["Sources"]
+    # BIDS URIs (bids:fmriprep:..., bids:templateflow:...), resolved through DatasetLinks
+    assert all(uri.startswith("bids:") for uri in [*meta["Sources"], meta["AtlasFile"]])
+    links = dataset_links(out)
+    bold, mask, confounds_file = (resolve_bids_uri(uri, links) for uri in meta["Sources"])
     confounds = None
     if meta["ConfoundRegressors"]:
         confounds = pd.read_csv(confounds_file, sep="\t", na_values="n/a")[meta["ConfoundRegressors"]]
         confounds.iloc[0] = confounds.iloc[0].fillna(confounds.iloc[1])
     masker = NiftiLabelsMasker(
-        labels_img=meta["AtlasFile"],
-        mask_img=mask,
+        labels_img=str(resolve_bids_uri(meta["AtlasFile"], links)),
+        mask_img=str(mask),
         strategy="mean",
         detrend=meta["Detrend"],
         standardize=meta["Standardize"],
@@ -110,7 +114,7 @@ def test_equals_nilearn_masker_given_the_sidecar(rest_dataset, tmp_path, strateg
         t_r=meta["RepetitionTime"],
         dtype=meta["Precision"],
     )
-    theirs = masker.fit_transform(bold, confounds=confounds)
+    theirs = masker.fit_transform(str(bold), confounds=confounds)
     # region_ids_ maps output column -> label value; Schaefer label v is our column v - 1.
     pairs = [(col, int(value)) for col, value in masker.region_ids_.items() if col != "background"]
     kept = [(col, value) for col, value in pairs if ours.columns[value - 1] not in meta["ExcludedROIs"]]
@@ -317,4 +321,4 @@ def test_validator_verdict_comes_first(rest_dataset, tmp_path, monkeypatch, caps
     ]
     assert main(argv) == 16
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "failed BIDS validation ([ERROR] NOT_INCLUDED fake finding)" in err[0]
+    assert len(err) == 1 and "failed BIDS validation (1 error(s): NOT_INCLUDED)" in err[0]

@@ -138,9 +138,8 @@ def _add_resource_options(perf: argparse._ArgumentGroup) -> None:
     )
 
 
-def _add_participant_options(part: argparse._ArgumentGroup) -> None:
-    from neurossm_app.atlases import ATLASES
-    from neurossm_app.participant.clean import CONFOUND_STRATEGIES
+def _add_atlas_options(part: argparse._ArgumentGroup) -> None:
+    from neurossm_app.atlases import ATLASES, SPACES
 
     part.add_argument(
         "--atlas",
@@ -149,12 +148,25 @@ def _add_participant_options(part: argparse._ArgumentGroup) -> None:
         help="parcellation (default schaefer400, or the preset's atlas at group level)",
     )
     part.add_argument(
+        "--space",
+        choices=list(SPACES),
+        default=None,
+        help="template space of the fMRIPrep BOLD runs to read, and of the Schaefer atlas "
+        f"(default: the first of {' and '.join(SPACES)} that the selected runs have)",
+    )
+    part.add_argument(
         "--atlas-dir",
         type=abs_path,
         metavar="DIR",
         help="nilearn data directory holding AAL3v2 (default: NILEARN_DATA or ~/nilearn_data); "
         "Schaefer comes from TEMPLATEFLOW_HOME",
     )
+
+
+def _add_participant_options(part: argparse._ArgumentGroup) -> None:
+    from neurossm_app.participant.clean import CONFOUND_STRATEGIES
+
+    _add_atlas_options(part)
     part.add_argument(
         "--confounds",
         choices=list(CONFOUND_STRATEGIES),

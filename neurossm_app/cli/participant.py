@@ -56,7 +56,7 @@ def run_participant(opts: argparse.Namespace) -> None:
         # Provenance goes beside results only: a call that fails before any run is written (say,
         # on NaN in a BOLD file) leaves OUTPUT_DIR without files that look like a derivative.
         if progress.done:
-            dataset_description(output_dir, [opts.bids_dir])
+            dataset_description(output_dir, [opts.bids_dir], links=_dataset_links(opts, output_dir, atlas))
             write_citation(output_dir, atlas=atlas, settings=settings, space=made["Space"])
             record_output_settings(output_dir, made)
     reports = [progress.reports.get(s) or _subject_report(output_dir, s) for s in subjects]
@@ -85,20 +85,43 @@ def _cleaning_settings(opts: argparse.Namespace):
 def _select_runs(opts: argparse.Namespace):
     """The runs to process, checked (pre-flight), and the atlas."""
     from neurossm_app.atlases import get_atlas
-    from neurossm_app.bids import collect_bold_runs, find_fmriprep_dir, load_filter_file
+    from neurossm_app.fmriprep import collect_bold_runs, find_fmriprep_dir, load_filter_file
     from neurossm_app.participant.preflight import check_run
 
+    fmriprep_dir = find_fmriprep_dir(opts.bids_dir, opts.derivatives)
     runs = collect_bold_runs(
-        find_fmriprep_dir(opts.bids_dir, opts.derivatives),
+        fmriprep_dir,
         participant_labels=opts.participant_label,
         session_labels=opts.session_label,
         task_ids=opts.task_id,
         bids_filters=load_filter_file(opts.bids_filter_file),
         database_dir=opts.bids_database_dir,
+        space=opts.space,
+        link=_fmriprep_link(opts.output_dir, fmriprep_dir),
     )
     for run in runs:
         check_run(run)
-    return runs, get_atlas(opts.atlas or "schaefer400", opts.atlas_dir)
+    return runs, get_atlas(opts.atlas or "schaefer400", opts.atlas_dir, space=runs[0].space)
+
+
+def _fmriprep_link(output_dir: Path, fmriprep_dir: Path) -> str:
+    """The ``DatasetLinks`` name of the fMRIPrep dataset in this OUTPUT_DIR (``fmriprep``, or
+    ``fmriprep2``... when an earlier call linked another folder)."""
+    from neurossm_app.bids import free_link_name
+    from neurossm_app.fmriprep import FMRIPREP_LINK
+
+    return free_link_name(output_dir, FMRIPREP_LINK, fmriprep_dir)
+
+
+def _dataset_links(opts: argparse.Namespace, output_dir: Path, atlas) -> dict[str, Path]:
+    """The datasets the sidecars' BIDS URIs point into: fMRIPrep's and the atlas cache."""
+    from neurossm_app.fmriprep import find_fmriprep_dir
+
+    fmriprep_dir = find_fmriprep_dir(opts.bids_dir, opts.derivatives)
+    links = {_fmriprep_link(output_dir, fmriprep_dir): fmriprep_dir}
+    if atlas.root is not None:
+        links[atlas.link] = atlas.root
+    return links
 
 
 def _run_workflow(

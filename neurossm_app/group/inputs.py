@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from neurossm_app.bids import dataset_links, resolve_bids_uri
 from neurossm_app.errors import DataError
 
 LOGGER = logging.getLogger("neurossm_app")
@@ -173,10 +174,13 @@ def warn_mixed_trs(counts: dict[str, int], window: int) -> None:
     )
 
 
-def fmriprep_version(sidecars: list[dict[str, Any]], fmriprep_dir: Path | None) -> dict[str, Any]:
+def fmriprep_version(
+    sidecars: list[dict[str, Any]], fmriprep_dir: Path | None, links: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The fMRIPrep version(s) of the inputs, from the derivatives' ``dataset_description.json``.
 
-    Looked for above each sidecar's first ``Sources`` entry (the fMRIPrep BOLD file), then in
+    Looked for above each sidecar's first ``Sources`` entry (the fMRIPrep BOLD file; a BIDS URI
+    ``bids:<name>:...`` is looked up in ``links``, OUTPUT_DIR's ``DatasetLinks``), then in
     ``fmriprep_dir`` (the group call's ``-d fmriprep=PATH`` or default location).
 
     Returns
@@ -189,6 +193,11 @@ def fmriprep_version(sidecars: list[dict[str, Any]], fmriprep_dir: Path | None) 
     for sidecar in sidecars:
         sources = sidecar.get("Sources")
         if isinstance(sources, list) and sources and isinstance(sources[0], str):
+            if sources[0].startswith("bids:"):  # the link is the fMRIPrep dataset's root
+                root = resolve_bids_uri(f"bids:{sources[0].split(':', 2)[1]}:", links or {})
+                if root is not None:
+                    folders.add(root)
+                continue
             parts = Path(sources[0]).parts
             subject = next((i for i, p in enumerate(parts) if p.startswith("sub-")), None)
             if subject:
@@ -256,6 +265,6 @@ def input_record(
         "participant_settings": shared,
         "repetition_time": tr_counts(times),
         "participant_neurossm_app": dict(sorted(software.items())),
-        "fmriprep": fmriprep_version(sidecars, fmriprep_dir),
+        "fmriprep": fmriprep_version(sidecars, fmriprep_dir, dataset_links(output_dir)),
         "output_dir_description": output_dir_description(output_dir),
     }

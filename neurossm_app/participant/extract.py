@@ -226,11 +226,11 @@ def write_run_outputs(
 
     The sidecar is written last so its presence marks the run as complete.
     """
-    base = {**entities, "space": TEMPLATE_SPACE, "atlas": atlas_label}
+    base = {"space": TEMPLATE_SPACE, **entities, "atlas": atlas_label}  # the runs' space, if given
     series = build_path(output_dir, {**base, "stat": "mean"}, "timeseries", ".tsv")
     coverage = build_path(output_dir, {**base, "stat": "coverage"}, "bold", ".tsv")
     sidecar_path = series.with_suffix(".json")
     copy_atomic(clean_file, series)
     copy_atomic(coverage_file, coverage)
-    write_json(sidecar_path, sidecar)
+    write_json(sidecar_path, {**sidecar, "Space": base["space"]})
     return [series, coverage, sidecar_path]

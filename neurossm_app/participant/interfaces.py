@@ -9,6 +9,7 @@ from nipype.interfaces.base import (
     File,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
@@ -27,8 +28,7 @@ class _ExtractRunInputSpec(BaseInterfaceInputSpec):
     mask_file = File(exists=True, mandatory=True, desc="brain mask on the BOLD grid")
     confounds_file = File(
         exists=True,
-        mandatory=True,
-        desc="fMRIPrep confounds TSV; its content keys the cache (load_confounds finds it by the BOLD)",
+        desc="fMRIPrep confounds TSV, if any; its content keys the cache (load_confounds reads it)",
     )
     atlas_file = File(exists=True, mandatory=True, desc="integer atlas in MNI152NLin2009cAsym")
     indices = traits.List(traits.Int, mandatory=True, desc="label values, in column order")
@@ -124,7 +124,7 @@ class _ReportletsInputSpec(BaseInterfaceInputSpec):
     clean_file = File(exists=True, mandatory=True, desc="denoised parcel signals")
     coverage_file = File(exists=True, mandatory=True, desc="per-ROI coverage")
     metadata_file = File(exists=True, mandatory=True, desc="cleaning metadata JSON (censored volumes)")
-    confounds_file = File(exists=True, mandatory=True, desc="fMRIPrep confounds TSV (framewise displacement)")
+    confounds_file = File(exists=True, desc="fMRIPrep confounds TSV, if any (framewise displacement)")
     atlas_file = File(exists=True, mandatory=True, desc="atlas on the BOLD grid")
     mask_file = File(exists=True, mandatory=True, desc="brain mask")
     indices = traits.List(traits.Int, mandatory=True, desc="label values, in column order")
@@ -153,7 +153,7 @@ class RunReportlets(SimpleInterface):
             self.inputs.raw_file,
             self.inputs.clean_file,
             self.inputs.coverage_file,
-            self.inputs.confounds_file,
+            self.inputs.confounds_file if isdefined(self.inputs.confounds_file) else None,
             self.inputs.atlas_file,
             self.inputs.mask_file,
             list(self.inputs.indices),

@@ -36,8 +36,11 @@ def check_run(run: BoldRun) -> None:
             f"RepetitionTime {run.repetition_time} in the sidecar of {run.bold} must be positive."
         )
     n_vols = bold.shape[3]
-    with open(run.confounds) as handle:
-        n_rows = sum(1 for line in handle if line.strip()) - 1
+    if run.confounds is None:  # fine when nothing reads it (--confounds none, no censoring)
+        n_rows = n_vols
+    else:
+        with open(run.confounds) as handle:
+            n_rows = sum(1 for line in handle if line.strip()) - 1
     if n_rows != n_vols:
         raise DataError(
             f"confounds {run.confounds} has {n_rows} rows but {run.bold} has {n_vols} volumes; "

@@ -57,7 +57,7 @@ def init_run_wf(
             output_dir=str(Path(output_dir).resolve()),
             entities=dict(run.entities),
             atlas_label=atlas.spec.bids_label,
-            confounds_file=str(run.confounds),
+            **_confounds_input(run),
             mask_file=str(run.mask),
             indices=list(atlas.indices),
             fd_threshold=settings.fd_threshold,
@@ -84,7 +84,7 @@ def _extract_node(run: BoldRun, atlas: Atlas, settings: CleaningSettings, omp_nt
             bold_file=str(run.bold),
             bold_fingerprint=input_fingerprint(run.bold),
             mask_file=str(run.mask),
-            confounds_file=str(run.confounds),
+            **_confounds_input(run),
             atlas_file=str(atlas.image),
             indices=list(atlas.indices),
             names=list(atlas.names),
@@ -97,6 +97,11 @@ def _extract_node(run: BoldRun, atlas: Atlas, settings: CleaningSettings, omp_nt
     )
 
 
+def _confounds_input(run: BoldRun) -> dict[str, str]:
+    """The ``confounds_file`` input of a node, left undefined when the run has none."""
+    return {"confounds_file": str(run.confounds)} if run.confounds is not None else {}
+
+
 def _timeseries_sink(
     run: BoldRun, atlas: Atlas, settings: CleaningSettings, output_dir: str | os.PathLike
 ) -> pe.Node:
@@ -104,12 +109,12 @@ def _timeseries_sink(
     return pe.Node(
         DerivativesSink(
             output_dir=str(Path(output_dir).resolve()),
-            entities=dict(run.entities),
+            entities={**run.entities, "space": run.space},
             atlas_label=atlas.spec.bids_label,
-            atlas_file=str(atlas.image),
+            atlas_file=atlas.uri,
             repetition_time=run.repetition_time,
             settings=settings.to_dict(),
-            sources=[str(run.bold), str(run.mask), str(run.confounds)],
+            sources=list(run.sources) or [str(p) for p in (run.bold, run.mask, run.confounds) if p],
         ),
         name="ds_timeseries",
         run_without_submitting=True,

@@ -230,7 +230,7 @@ def write_run_reportlets(
     raw_file: str | os.PathLike,
     clean_file: str | os.PathLike,
     coverage_file: str | os.PathLike,
-    confounds_file: str | os.PathLike,
+    confounds_file: str | os.PathLike | None,
     atlas_on_bold: str | os.PathLike,
     mask_file: str | os.PathLike,
     indices: list[int],
@@ -248,13 +248,17 @@ def write_run_reportlets(
     table = read_tsv(coverage_file)
     names, coverage = [str(n) for n in table["roi"]], table["coverage"].to_numpy()
     clean = read_tsv(clean_file).to_numpy(dtype=float)
-    # Only the FD column: fMRIPrep's confounds files have hundreds of columns.
-    confounds = pd.read_csv(
-        confounds_file,
-        sep="\t",
-        usecols=lambda column: column == "framewise_displacement",
-        na_values=["n/a"],
-        keep_default_na=False,
+    # Only the FD column: fMRIPrep's confounds files have hundreds of columns (a run may have none).
+    confounds = (
+        pd.DataFrame()
+        if confounds_file is None
+        else pd.read_csv(
+            confounds_file,
+            sep="\t",
+            usecols=lambda column: column == "framewise_displacement",
+            na_values=["n/a"],
+            keep_default_na=False,
+        )
     )
     fd = (
         confounds["framewise_displacement"].fillna(0).to_numpy()
