@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 os.environ.setdefault("NIPYPE_NO_ET", "1")
 
 from neurossm_app.errors import run_reporting_errors
+from neurossm_app.interrupts import EX_TERMINATED, handle_signals
 
 LOGGER = logging.getLogger("neurossm_app")
 
@@ -42,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
 
                 run_group(opts)
 
-    return run_reporting_errors("neurossm-app", opts.verbose, work)
+    # SIGTERM (a scheduler's time limit) ends the call as Ctrl-C does, with the same line, but 143.
+    with handle_signals() as signals:
+        code = run_reporting_errors("neurossm-app", opts.verbose, work)
+    return EX_TERMINATED if signals["received"] == signal.SIGTERM else code
 
 
 #: The variables that bound the OpenMP and BLAS pools of numpy, scipy, torch and their workers.

@@ -14,6 +14,7 @@ from nipype.interfaces.base import (
 )
 
 from neurossm_app.config import CleaningSettings
+from neurossm_app.interrupts import uninterrupted
 from neurossm_app.participant import extract
 
 
@@ -104,14 +105,15 @@ class DerivativesSink(SimpleInterface):
             metadata,
             list(self.inputs.sources),
         )
-        written = extract.write_run_outputs(
-            self.inputs.output_dir,
-            self.inputs.entities,
-            self.inputs.atlas_label,
-            self.inputs.clean_file,
-            self.inputs.coverage_file,
-            sidecar,
-        )
+        with uninterrupted():  # a signal waits until the run's three files are all written
+            written = extract.write_run_outputs(
+                self.inputs.output_dir,
+                self.inputs.entities,
+                self.inputs.atlas_label,
+                self.inputs.clean_file,
+                self.inputs.coverage_file,
+                sidecar,
+            )
         self._results["out_files"] = [str(p) for p in written]
         return runtime
 
