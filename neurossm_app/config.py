@@ -23,6 +23,10 @@ class CleaningSettings:
     fd_threshold, std_dvars_threshold
         Censor volumes above these (``None``: no censoring). Censored volumes are left out of the
         fit and written as ``n/a`` rows, so series keep their length.
+    dummy_scans
+        Non-steady-state volumes at the start of each run: ``"auto"`` takes those fMRIPrep flagged
+        (``non_steady_state_outlier*`` columns; none without a confounds file), an integer N the
+        first N. With every strategy they are left out of the fit and written as ``n/a`` rows.
     min_coverage
         ROIs with a smaller fraction of voxels inside the brain mask are written as ``n/a``.
     """
@@ -34,6 +38,7 @@ class CleaningSettings:
     standardize: str | None = "zscore_sample"
     fd_threshold: float | None = None
     std_dvars_threshold: float | None = None
+    dummy_scans: int | str = "auto"
     min_coverage: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:

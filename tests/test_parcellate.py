@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -152,3 +156,78 @@ def test_truncated_gzip_is_a_clear_error(images, tmp_path, n_threads):
     cut.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(DataError, match="ends early"):
         parcel_means(cut, labels, mask, np.array([1, 2, 3]), block_size=4, n_threads=n_threads)
+
+
+REAL_ATLAS = Path(__file__).parent / "data" / "atlases"  # TemplateFlow's Schaefer-400 (README there)
+SCHAEFER7 = "tpl-MNI152NLin2009cAsym_res-02_atlas-Schaefer2018_desc-400Parcels7Networks_dseg.nii.gz"
+
+
+def _real_atlas_dataset(root: Path, n_vols: int) -> Path:
+    """A raw BIDS folder with an fMRIPrep run on the real atlas's 97 x 115 x 97 grid at 2 mm.
+
+    Each parcel's voxels share a time course plus noise (int16, as fMRIPrep may store BOLD); the
+    brain mask leaves out the lowest 30 slices, so some parcels fall under --min-coverage.
+    """
+    atlas = nib.load(REAL_ATLAS / SCHAEFER7)
+    labels = np.asarray(atlas.dataobj).astype(np.int32)
+    rng = np.random.default_rng(7)
+    courses = rng.normal(0, 30, (labels.max() + 1, n_vols))
+    bold = np.zeros((*labels.shape, n_vols), np.int16)
+    inside = labels > 0
+    bold[inside] = np.round(1000 + courses[labels[inside]] + rng.normal(0, 10, (inside.sum(), n_vols)))
+    mask = inside.copy()
+    mask[:, :, :30] = False
+    root.mkdir()
+    (root / "dataset_description.json").write_text('{"Name": "real atlas", "BIDSVersion": "1.10.0"}')
+    fmriprep = root / "derivatives" / "fmriprep"
+    func = fmriprep / "sub-01" / "func"
+    func.mkdir(parents=True)
+    (fmriprep / "dataset_description.json").write_text(
+        '{"Name": "fMRIPrep", "BIDSVersion": "1.10.0", "DatasetType": "derivative"}'
+    )
+    stem = func / "sub-01_task-rest_space-MNI152NLin2009cAsym_res-2"
+    image = nib.Nifti1Image(bold, atlas.affine)
+    image.header.set_xyzt_units("mm", "sec")
+    image.header["pixdim"][4] = 2.0
+    nib.save(image, f"{stem}_desc-preproc_bold.nii.gz")
+    Path(f"{stem}_desc-preproc_bold.json").write_text('{"RepetitionTime": 2.0, "SkullStripped": true}')
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), atlas.affine), f"{stem}_desc-brain_mask.nii.gz")
+    # one non-steady-state volume, flagged as fMRIPrep does (one column per volume)
+    confounds = pd.DataFrame(
+        {
+            "framewise_displacement": [np.nan, *rng.uniform(0, 0.3, n_vols - 1)],
+            "non_steady_state_outlier00": np.eye(n_vols)[0],
+        }
+    )
+    confounds.to_csv(
+        func / "sub-01_task-rest_desc-confounds_timeseries.tsv", sep="\t", index=False, na_rep="n/a"
+    )
+    return root
+
+
+def test_real_schaefer_atlas_equals_masker(tmp_path, monkeypatch):
+    """The participant level with TemplateFlow's real Schaefer-400 (7 networks) image, through the
+    CLI, equals NiftiLabelsMasker on the same image and run."""
+    from neurossm_app.cli import main
+    from neurossm_app.files import read_tsv
+    from tests.nilearn_rebuild import compare_with_masker, masker_series, resolved_sources
+
+    home = tmp_path / "templateflow" / "tpl-MNI152NLin2009cAsym"
+    home.mkdir(parents=True)
+    for name in (SCHAEFER7, "tpl-MNI152NLin2009cAsym_atlas-Schaefer2018_desc-400Parcels7Networks_dseg.tsv"):
+        shutil.copyfile(REAL_ATLAS / name, home / name)
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(home.parent))
+    ds = _real_atlas_dataset(tmp_path / "ds", n_vols=20)
+    out = tmp_path / "out"
+    argv = [str(ds), str(out), "participant", "--skip-bids-validation", "-w", str(tmp_path / "w")]
+    options = ["--atlas", "schaefer400-7n", "--confounds", "none", "--low-pass", "none", "--nprocs", "1"]
+    assert main([*argv, *options]) == 0  # 19 volumes: too few for a band-pass (33), not a high-pass (18)
+    (tsv,) = sorted(out.glob("sub-01/func/*_stat-mean_timeseries.tsv"))
+    ours = read_tsv(tsv)
+    meta = json.loads(tsv.with_suffix(".json").read_text())
+    assert ours.shape == (20, 400) and ours.columns[0] == "7Networks_LH_Vis_1"
+    assert meta["DummyVolumes"] == [0] and 0 < len(meta["ExcludedROIs"]) < 200
+    bold, mask, confounds, atlas = resolved_sources(meta, out)
+    assert atlas.name == SCHAEFER7
+    masker, theirs, kept = masker_series(meta, bold, mask, confounds, atlas, 20)
+    assert compare_with_masker(ours, meta, masker, theirs, kept) == 400 - len(meta["ExcludedROIs"])

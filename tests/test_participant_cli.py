@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
-import pandas as pd
 import pytest
 
-from neurossm_app.bids import dataset_links, resolve_bids_uri
 from neurossm_app.cli import main
 from neurossm_app.files import read_tsv
 
@@ -68,61 +65,35 @@ def test_rerun_uses_the_cache(schaefer_outputs, rest_dataset):
     assert {p: p.read_bytes() for p in _series_files(out)} == before
 
 
-@pytest.mark.parametrize("strategy", ["none", "simple", "36P"])
-def test_equals_nilearn_masker_given_the_sidecar(rest_dataset, tmp_path, strategy):
-    from nilearn.maskers import NiftiLabelsMasker
+@pytest.mark.parametrize(
+    "strategy, options",
+    [
+        ("none", []),
+        ("none", ["--dummy-scans", "3"]),
+        ("simple", ["--low-pass", "none"]),  # 26 regressors need more than 100 volumes' band-pass
+        ("36P", ["--low-pass", "none", "--dummy-scans", "2"]),
+    ],
+    ids=["none", "none-dummy3", "simple", "36P-dummy2"],
+)
+def test_equals_nilearn_masker_given_the_sidecar(rest_dataset, tmp_path, strategy, options):
+    """The sidecar's fields and sources rebuild the series with NiftiLabelsMasker alone; dummy
+    volumes are left out of the fit (the masker's sample_mask) and written as n/a rows."""
+    from tests.nilearn_rebuild import compare_with_masker, masker_series, resolved_sources
 
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                str(rest_dataset),
-                str(out),
-                "participant",
-                "--skip-bids-validation",
-                "-w",
-                str(tmp_path / "w"),
-                "--participant-label",
-                "01",
-                "--confounds",
-                strategy,
-                "--nprocs",
-                "1",
-            ]
-        )
-        == 0
-    )
+    argv = [str(rest_dataset), str(out), "participant", "--skip-bids-validation", "-w", str(tmp_path / "w")]
+    assert main([*argv, "--participant-label", "01", "--confounds", strategy, "--nprocs", "1", *options]) == 0
     (tsv,) = _series_files(out)
     ours = read_tsv(tsv)
     meta = json.loads(tsv.with_suffix(".json").read_text())
+    dummies = int(options[options.index("--dummy-scans") + 1]) if "--dummy-scans" in options else 0
+    assert meta["DummyScans"] == (dummies or "auto") and meta["DummyVolumes"] == list(range(dummies))
     # BIDS URIs (bids:fmriprep:..., bids:templateflow:...), resolved through DatasetLinks
     assert all(uri.startswith("bids:") for uri in [*meta["Sources"], meta["AtlasFile"]])
-    links = dataset_links(out)
-    bold, mask, confounds_file = (resolve_bids_uri(uri, links) for uri in meta["Sources"])
-    confounds = None
-    if meta["ConfoundRegressors"]:
-        confounds = pd.read_csv(confounds_file, sep="\t", na_values="n/a")[meta["ConfoundRegressors"]]
-        confounds.iloc[0] = confounds.iloc[0].fillna(confounds.iloc[1])
-    masker = NiftiLabelsMasker(
-        labels_img=str(resolve_bids_uri(meta["AtlasFile"], links)),
-        mask_img=str(mask),
-        strategy="mean",
-        detrend=meta["Detrend"],
-        standardize=meta["Standardize"],
-        high_pass=meta["HighPass"],
-        low_pass=meta["LowPass"],
-        t_r=meta["RepetitionTime"],
-        dtype=meta["Precision"],
-    )
-    theirs = masker.fit_transform(str(bold), confounds=confounds)
-    # region_ids_ maps output column -> label value; Schaefer label v is our column v - 1.
-    pairs = [(col, int(value)) for col, value in masker.region_ids_.items() if col != "background"]
-    kept = [(col, value) for col, value in pairs if ours.columns[value - 1] not in meta["ExcludedROIs"]]
-    assert len(kept) > 300
-    ref = theirs[:, [col for col, _ in kept]]
-    got = ours.iloc[:, [value - 1 for _, value in kept]].to_numpy()
-    rel = np.abs(got - ref).max() / np.abs(ref).max()
-    assert rel < 1e-4
+    bold, mask, confounds, atlas = resolved_sources(meta, out)
+    masker, theirs, kept = masker_series(meta, bold, mask, confounds, atlas, len(ours))
+    assert len(kept) == 100 - dummies
+    assert compare_with_masker(ours, meta, masker, theirs, kept) > 300
 
 
 def test_missing_confounds_is_one_clear_line(rest_dataset, tmp_path, capsys):

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from neurossm_app import __version__
-from neurossm_app.argtypes import BidsAppParser, abs_path, fraction, positive_int
+from neurossm_app.argtypes import BidsAppParser, abs_path, fraction, non_negative_int, positive_int
 from neurossm_app.errors import InputMissingError, NeurossmError, OutputError, UsageError
 
 
@@ -35,6 +35,16 @@ def _derivative(value: str) -> tuple[str, Path]:
 
 def _optional_float(value: str) -> float | None:
     return None if value.lower() in ("none", "off", "0") else float(value)
+
+
+def _dummy_scans(value: str) -> int | str:
+    """``auto`` or a count of volumes (``--dummy-scans``, XCP-D's option)."""
+    if value.lower() == "auto":
+        return "auto"
+    try:
+        return non_negative_int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number of volumes, got {value}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,6 +223,15 @@ def _add_participant_options(part: argparse._ArgumentGroup) -> None:
         default=None,
         metavar="SD",
         help="censor volumes with standardized DVARS above this (off by default)",
+    )
+    part.add_argument(
+        "--dummy-scans",
+        type=_dummy_scans,
+        default="auto",
+        metavar="{auto,N}",
+        help="non-steady-state volumes at the start of each run, left out of the fit and written as "
+        "n/a rows with every strategy: auto takes those fMRIPrep flagged (non_steady_state_outlier "
+        "columns), N the first N",
     )
     part.add_argument(
         "--min-coverage",

@@ -78,6 +78,7 @@ def _cleaning_settings(opts: argparse.Namespace):
         standardize=opts.standardize,
         fd_threshold=opts.fd_thresh,
         std_dvars_threshold=opts.dvars_thresh,
+        dummy_scans=opts.dummy_scans,
         min_coverage=opts.min_coverage,
     )
 

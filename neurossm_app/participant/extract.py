@@ -18,7 +18,8 @@ from neurossm_app.bids import TEMPLATE_SPACE, build_path
 from neurossm_app.config import CleaningSettings
 from neurossm_app.errors import DataError
 from neurossm_app.files import copy_atomic, write_atomic, write_json, write_tsv
-from neurossm_app.participant.clean import clean_signals, filter_degrees_of_freedom, select_confounds
+from neurossm_app.participant.clean import check_degrees_of_freedom, clean_signals, select_confounds
+from neurossm_app.participant.confounds import EXPANSION_RULE, NAN_FILL_RULE
 from neurossm_app.participant.parcellate import parcel_means
 from neurossm_app.participant.preflight import check_mask_grid
 from neurossm_app.provenance import PARTICIPANT_PACKAGES, software_versions
@@ -74,12 +75,14 @@ def extract_run(
     settings: CleaningSettings,
     out_dir: str | os.PathLike,
     n_threads: int = 1,
+    confounds_file: str | os.PathLike | None = None,
 ) -> RunFiles:
     """One run's extraction, in one process: resample the atlas, take parcel means, clean them.
 
     The three steps take well under a second each on a small run, so they share one nipype node
     (one cache entry, one hand-over between processes) rather than three.
     ``n_threads`` threads inflate a gzipped BOLD image (:func:`.parcellate.open_stream`).
+    ``confounds_file`` is the run's confounds TSV (default: the one beside ``bold_file``).
     """
     out_dir = Path(out_dir)
     atlas_on_bold = resample_atlas(atlas_file, bold_file, out_dir / "atlas_on_bold.nii.gz")
@@ -88,7 +91,9 @@ def extract_run(
     signals, coverage = parcel_means(bold_file, labels, mask, np.asarray(indices), n_threads=n_threads)
     raw = write_atomic(out_dir / "raw_timeseries.npy", lambda tmp: np.save(tmp, signals))
     cov = write_tsv(out_dir / "coverage.tsv", pd.DataFrame({"roi": names, "coverage": coverage}))
-    cleaned, metadata = clean_run(signals, coverage, names, bold_file, repetition_time, settings)
+    cleaned, metadata = clean_run(
+        signals, coverage, names, bold_file, repetition_time, settings, confounds_file
+    )
     clean = write_tsv(out_dir / "clean_timeseries.tsv", pd.DataFrame(cleaned, columns=names))
     meta = write_json(out_dir / "clean_metadata.json", metadata)
     return RunFiles(atlas_on_bold, raw, cov, clean, meta)
@@ -101,6 +106,7 @@ def clean_run(
     bold_file: str | os.PathLike,
     repetition_time: float,
     settings: CleaningSettings,
+    confounds_file: str | os.PathLike | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Apply the coverage threshold and confound cleaning to one run's parcel means.
 
@@ -114,39 +120,42 @@ def clean_run(
     names
         (R,) ROI names, for the metadata's excluded ROIs.
     bold_file
-        The fMRIPrep BOLD file; nilearn's ``load_confounds`` finds its confounds beside it.
+        The fMRIPrep BOLD file.
+    confounds_file
+        Its confounds TSV (default: the one beside ``bold_file``, either release's name).
 
     Returns
     -------
     cleaned : (T, R) float64
-        Denoised signals; censored volumes are NaN rows.
+        Denoised signals; dummy and censored volumes are NaN rows.
     metadata : dict
-        Regressors, censored volumes, excluded ROIs and degrees of freedom.
+        Regressors (and those computed), dummy and censored volumes, excluded ROIs, degrees of
+        freedom.
+
+    Raises
+    ------
+    DataError
+        The confounds cannot be used (:func:`.clean.select_confounds`) or leave no degrees of
+        freedom (:func:`.clean.check_degrees_of_freedom`).
     """
     signals = np.array(signals, dtype=np.float64)
     signals[:, coverage < settings.min_coverage] = np.nan
-    confounds, sample_mask = select_confounds(bold_file, settings)
-    cleaned = clean_signals(signals, confounds, sample_mask, repetition_time, settings)
     n_vols = signals.shape[0]
+    selection = select_confounds(bold_file, settings, n_vols, confounds_file)
+    kept = n_vols if selection.sample_mask is None else len(selection.sample_mask)
+    n_regressors = 0 if selection.confounds is None else selection.confounds.shape[1]
+    dof = check_degrees_of_freedom(Path(bold_file).name, kept, repetition_time, n_regressors, settings)
+    cleaned = clean_signals(signals, selection.confounds, selection.sample_mask, repetition_time, settings)
     censored = (
-        [] if sample_mask is None else sorted(set(range(n_vols)) - set(np.asarray(sample_mask).tolist()))
+        []
+        if selection.sample_mask is None
+        else sorted(set(range(n_vols)) - set(np.asarray(selection.sample_mask).tolist()))
     )
-    n_regressors = 0 if confounds is None else confounds.shape[1]
-    dof = filter_degrees_of_freedom(
-        len(sample_mask) if sample_mask is not None else n_vols, repetition_time, settings
-    )
-    if n_regressors + int(settings.detrend) >= 0.8 * dof:
-        LOGGER.warning(
-            "%s: the band-pass keeps about %d degrees of freedom but %d confounds are regressed out, so "
-            "little signal is left; use a longer run, fewer confounds (--confounds 24P or simple) or a "
-            "wider band (--low-pass none).",
-            Path(bold_file).name,
-            dof,
-            n_regressors,
-        )
     metadata = {
-        "DegreesOfFreedom": {"AfterFilter": dof, "Regressors": n_regressors},
-        "ConfoundRegressors": [] if confounds is None else list(confounds.columns),
+        "DegreesOfFreedom": dof,
+        "ConfoundRegressors": [] if selection.confounds is None else list(selection.confounds.columns),
+        "ConfoundsComputed": selection.computed,
+        "DummyVolumes": selection.dummy_volumes,
         "CensoredVolumes": censored,
         "ExcludedROIs": [
             str(c) for c, cov in zip(names, coverage, strict=True) if cov < settings.min_coverage
@@ -190,7 +199,9 @@ def run_sidecar(
         "Precision": "float64",
         "ConfoundStrategy": settings.strategy,
         "ConfoundRegressors": clean_metadata["ConfoundRegressors"],
-        "ConfoundNaNHandling": "first-row n/a copied from the second row (nilearn load_confounds)",
+        "ConfoundsComputed": clean_metadata.get("ConfoundsComputed", []),
+        "ConfoundsComputedDefinition": EXPANSION_RULE,
+        "ConfoundNaNHandling": NAN_FILL_RULE,
         "StandardizeConfounds": True,
         "HighPass": settings.high_pass,
         "LowPass": settings.low_pass,
@@ -199,6 +210,8 @@ def run_sidecar(
         "Standardize": settings.standardize,
         "FDThreshold": settings.fd_threshold,
         "StdDVARSThreshold": settings.std_dvars_threshold,
+        "DummyScans": settings.dummy_scans,
+        "DummyVolumes": clean_metadata.get("DummyVolumes", []),
         "CensoredVolumes": clean_metadata["CensoredVolumes"],
         "DegreesOfFreedom": clean_metadata["DegreesOfFreedom"],
         "MinCoverage": settings.min_coverage,

@@ -300,6 +300,20 @@ def _atlas_of(sidecar: Path) -> str:
     return found.group(1) if found else ""
 
 
+def thin_margin_warning(meta: dict[str, Any]) -> str | None:
+    """The report's warning for a run whose regressors take most of the band-pass's degrees of
+    freedom (the sidecar's ``DegreesOfFreedom.ThinMargin``), or None."""
+    dof = meta.get("DegreesOfFreedom") or {}
+    if not dof.get("ThinMargin"):
+        return None
+    return (
+        f"The band-pass keeps about {dof['AfterFilter']} degrees of freedom and {dof['Regressors']} "
+        f"confounds{' and the linear trend' if meta.get('Detrend') else ''} were regressed out, leaving "
+        f"{dof.get('Left', 'few')}: little signal is left, and correlations between ROIs are unreliable. "
+        "Use longer runs, fewer confounds or no low-pass (--low-pass none)."
+    )
+
+
 def build_participant_report(
     output_dir: str | os.PathLike, subject: str, failed: dict[str, str] | None = None
 ) -> Path:
@@ -314,6 +328,7 @@ def build_participant_report(
     sidecars = sorted(subject_dir.rglob("*_stat-mean_timeseries.json"), key=lambda p: (_atlas_of(p), p))
     sections = []
     summary_rows = []
+    thin_runs: list[str] = []
     for sidecar_file in sidecars:
         meta = json.loads(sidecar_file.read_text())
         run_name, atlas = sidecar_file.name.split("_space-")[0], _atlas_of(sidecar_file)
@@ -345,6 +360,10 @@ def build_participant_report(
             columns=["setting", "value"],
         )
         settings["value"] = [("off" if v is None else str(v)) for v in settings["value"]]
+        thin = thin_margin_warning(meta)
+        if thin:
+            section.heading("Warning: few degrees of freedom left").text(thin)
+            thin_runs.append(f"{run_name} ({atlas})")
         section.heading("Cleaning settings").table(settings)
         for key, caption in FIGURES.items():
             # the name figure_path gives this run and atlas, beside the run's func/ folder
@@ -357,6 +376,10 @@ def build_participant_report(
         overview.table(pd.DataFrame(summary_rows), float_format="{:.2f}")
     else:
         overview.text("No completed runs were found for this subject.")
+    if thin_runs:
+        overview.text(
+            f"Warning: few degrees of freedom left after cleaning in {', '.join(thin_runs)}; see each run."
+        )
     if failed:
         overview.heading("Failed runs").text(
             f"{len(failed)} run(s) failed in the last call and have no new outputs; fix the input named "
