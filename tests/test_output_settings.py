@@ -109,6 +109,20 @@ def test_other_settings_are_refused_before_anything_is_written(two_atlases, smal
     assert _files(two_atlases) == before  # the 36P series, figures and report byte-identical
 
 
+def test_dummy_scans_are_part_of_the_configuration(two_atlases, small_dataset, capsys):
+    from dataclasses import fields
+
+    from neurossm_app.config import CleaningSettings
+
+    if "dummy_scans" not in {f.name for f in fields(CleaningSettings)}:
+        pytest.skip("this version has no --dummy-scans")
+    before = _files(two_atlases)
+    capsys.readouterr()
+    assert _call(small_dataset, two_atlases, "--confounds", "36P", "--dummy-scans", "2") == 64
+    assert "(--dummy-scans auto there, 2 now; read from " in _error_line(capsys)
+    assert _files(two_atlases) == before
+
+
 def test_an_older_output_dir_is_read_back_from_its_sidecars(two_atlases, small_dataset, tmp_path, capsys):
     out = tmp_path / "out"
     shutil.copytree(two_atlases, out)
