@@ -180,14 +180,19 @@ def base_dataset(tmp_path_factory, atlas_cache) -> Path:
     )
 
 
-def _with_confounds(base: Path, folder: Path, tables: dict[str, pd.DataFrame]) -> Path:
-    """A copy of ``base`` whose subjects' confounds are replaced by ``tables`` (subject -> table)."""
+def _with_confounds(
+    base: Path, folder: Path, tables: dict[str, pd.DataFrame], names: dict[str, str] | None = None
+) -> Path:
+    """A copy of ``base`` whose subjects' confounds are replaced by ``tables`` (subject -> table),
+    named ``desc-confounds_<names[subject]>.tsv`` (default ``timeseries``)."""
     ds = folder / "ds"
     shutil.copytree(base, ds, ignore=shutil.ignore_patterns("sourcedata"))
     for subject, table in tables.items():
         func = ds / "derivatives" / "fmriprep" / f"sub-{subject}" / "func"
-        (func / f"sub-{subject}_task-rest_desc-confounds_timeseries.json").unlink()
-        _write(table, func / f"sub-{subject}_task-rest_desc-confounds_timeseries.tsv")
+        for old in func.glob("*_desc-confounds_timeseries.*"):
+            old.unlink()
+        suffix = (names or {}).get(subject, "timeseries")
+        _write(table, func / f"sub-{subject}_task-rest_desc-confounds_{suffix}.tsv")
     return ds
 
 
@@ -201,8 +206,10 @@ def _series(out: Path, subject: str) -> list[Path]:
 
 
 def test_missing_expansions_are_computed_and_equal_nilearn(base_dataset, tmp_path):
-    """1.x content without expansion columns (sub-01) and a complete 21.x file (sub-02)."""
-    ds = _with_confounds(base_dataset, tmp_path, {"01": _without_expansions(_table(V1)), "02": _table(V21)})
+    """1.x content without expansion columns under the 1.2-20.1 name (sub-01), and a complete
+    21.x file under the 20.2+ name (sub-02)."""
+    tables = {"01": _without_expansions(_table(V1)), "02": _table(V21)}
+    ds = _with_confounds(base_dataset, tmp_path, tables, names={"01": "regressors"})
     assert _participant(ds, tmp_path, "--confounds", "24P", *NO_FILTER) == 0
     # about 29 and 27 degrees of freedom (1 and 3 dummy volumes) for 24 regressors and the trend
     for subject, computed, dummies, left in (("01", 18, [0], 4), ("02", 0, [0, 1, 2], 2)):
@@ -211,6 +218,7 @@ def test_missing_expansions_are_computed_and_equal_nilearn(base_dataset, tmp_pat
         assert len(meta["ConfoundRegressors"]) == 24 and len(meta["ConfoundsComputed"]) == computed
         assert meta["DummyScans"] == "auto" and meta["DummyVolumes"] == meta["CensoredVolumes"] == dummies
         assert "first volume only" in meta["ConfoundNaNHandling"]
+        assert meta["Sources"][2].endswith("_regressors.tsv" if subject == "01" else "_timeseries.tsv")
         assert meta["DegreesOfFreedom"]["ThinMargin"] is True and meta["DegreesOfFreedom"]["Left"] == left
         report = (tmp_path / "out" / f"sub-{subject}.html").read_text()
         assert "Warning: few degrees of freedom left" in report and f"leaving {left}:" in report
