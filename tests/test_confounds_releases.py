@@ -286,3 +286,14 @@ def test_no_degrees_of_freedom_left(rest_dataset, tmp_path, capsys, caplog, monk
     dof = json.loads(tsv.with_suffix(".json").read_text())["DegreesOfFreedom"]
     assert dof == {"AfterFilter": 12, "Regressors": 36, "Left": -25, "ThinMargin": True}
     assert "Warning: few degrees of freedom left" in (tmp_path / "out" / "sub-01.html").read_text()
+
+
+def test_a_strategy_without_its_confounds_file_is_input_missing(tmp_path):
+    from neurossm_app.errors import InputMissingError
+
+    with pytest.raises(
+        InputMissingError, match="confounds file missing for .*sub-01_task-rest_desc-confounds_"
+    ):
+        select_confounds(tmp_path / BOLD, CleaningSettings(strategy="24P"), 30)
+    with pytest.raises(InputMissingError, match="--confounds none"):  # censoring reads the file too
+        select_confounds(tmp_path / BOLD, CleaningSettings(strategy="none", fd_threshold=0.5), 30)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from neurossm_app.config import CleaningSettings
-from neurossm_app.errors import DataError, UsageError
+from neurossm_app.errors import DataError, InputMissingError, UsageError
 from neurossm_app.participant.confounds import (
     add_expansions,
     check_columns,
@@ -122,6 +122,8 @@ def select_confounds(
 
     Raises
     ------
+    InputMissingError
+        The strategy (or censoring) needs a confounds file and there is none.
     DataError
         The file is of a release nilearn does not read, lacks columns the strategy needs (and
         cannot compute), has another row count, or nilearn refuses it.
@@ -132,10 +134,12 @@ def select_confounds(
         return _selection(None, None, dummies, [], None, n_volumes)
     path = Path(confounds_file) if confounds_file else find_confounds_file(bold_file)
     if path is None or not path.is_file():
-        if kwargs["strategy"]:
-            raise DataError(
-                f"cannot read fMRIPrep confounds for {os.fspath(bold_file)} with strategy "
-                f"{settings.strategy!r}: no desc-confounds_timeseries.tsv (or _regressors.tsv) beside it."
+        if kwargs["strategy"]:  # the pre-flight's message (fmriprep.missing_confounds_error)
+            stem = Path(bold_file).name.split("_space-")[0]
+            raise InputMissingError(
+                f"confounds file missing for {os.fspath(bold_file)}; --confounds {settings.strategy} (or "
+                f"censoring) needs {stem}_desc-confounds_timeseries.tsv (fMRIPrep 20.2+) or "
+                f"{stem}_desc-confounds_regressors.tsv (1.2-20.1) beside it, or use --confounds none."
             )
         LOGGER.info("%s: no confounds file, so --dummy-scans auto means 0", Path(bold_file).name)
         return _selection(None, None, [], [], None, n_volumes)
