@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from neurossm_app.atlases import ATLASES
+from neurossm_app.errors import InputMissingError
 from neurossm_app.files import write_json
 from neurossm_app.group.analysis.class_means import ClassMean, class_means, warn_classes_without_mean
 from neurossm_app.group.analysis.cpa_cache import held_out_cpa
@@ -63,11 +64,14 @@ def prepare_analysis(
     roi_names: tuple[str, ...],
     options: AnalysisOptions,
     run_dir: Path,
+    references_optional: bool = False,
 ) -> AnalysisInputs:
     """Check everything ``--analysis`` reads or writes outside the units, creating nothing.
 
     The class-to-term table, the Neurosynth files and each term in their vocabulary, the atlas
-    image and its ROI names, and a writable map cache; nothing is downloaded.
+    image and its ROI names, and a writable map cache; nothing is downloaded. With
+    ``references_optional`` (a prediction run), missing Neurosynth files give a warning and CPA
+    maps without reference scores.
 
     Raises
     ------
@@ -80,7 +84,13 @@ def prepare_analysis(
     """
     from neurossm_app.atlases import get_atlas
 
-    class_terms = open_class_terms(settings, classes, options)
+    try:
+        class_terms = open_class_terms(settings, classes, options)
+    except InputMissingError as err:
+        if not references_optional:
+            raise
+        LOGGER.warning("no Neurosynth reference scores: %s", err)
+        class_terms = ClassTerms(dict.fromkeys(classes), f"none ({options.neurosynth_dir} incomplete)", None)
     if class_terms.database is not None:
         class_terms.database.vocabulary  # noqa: B018 - read now: a damaged file fails before training
     grid = AtlasGrid.load(get_atlas(settings.atlas, options.atlas_dir), roi_names)
@@ -127,27 +137,48 @@ def run_cpa_analysis(
     """
     if inputs is None:
         inputs = prepare_analysis(settings, dataset.classes, dataset.roi_names, options, run_dir)
-    class_terms, grid = inputs.class_terms, inputs.grid
     records, incomplete = held_out_cpa(run_dir, settings, dataset, splits, torch.device(device))
-    means = class_means(records, len(dataset.classes), options.cpa_subjects)
-    warn_classes_without_mean(dataset.classes, means, options.cpa_subjects)
+    return write_analysis(
+        run_dir, settings, (dataset.classes, dataset.roi_names), records, options, inputs,
+        {"incomplete_units": incomplete},
+    )  # fmt: skip
+
+
+def write_analysis(
+    run_dir: Path,
+    settings: GroupSettings,
+    names: tuple[tuple[str, ...], tuple[str, ...]],
+    records: list[dict[str, Any]],
+    options: AnalysisOptions,
+    inputs: AnalysisInputs,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """From subject-level CPA records to class means, maps, scores and ``cpa/analysis.json``.
+
+    Parameters
+    ----------
+    names : (classes, roi_names)
+    records : list of dict
+        :func:`~.cpa_cache.unit_cpa`'s records (``seed`` may be any sortable model key).
+    extra : dict
+        More entries of ``analysis.json``.
+    """
+    classes, roi_names = names
+    class_terms, grid = inputs.class_terms, inputs.grid
+    means = class_means(records, len(classes), options.cpa_subjects)
+    warn_classes_without_mean(classes, means, options.cpa_subjects)
     atlas_label = ATLASES[settings.atlas].bids_label
     cpa_dir, maps_dir = run_dir / "cpa", run_dir / "maps"
     pathway_names = records[0]["pathway_names"]
-    write_class_means(cpa_dir, atlas_label, dataset.classes, means, pathway_names, dataset.roi_names)
-    references, reference_info = reference_vectors(class_terms, dataset.classes, means, grid, inputs.cache)
-    results = ClassResults(
-        dataset.classes, dataset.roi_names, pathway_names, means, class_terms, references, reference_info
-    )
-    rows = [
-        write_class(results, label, maps_dir, atlas_label, grid, options)
-        for label in range(len(dataset.classes))
-    ]
+    write_class_means(cpa_dir, atlas_label, classes, means, pathway_names, roi_names)
+    references, reference_info = reference_vectors(class_terms, classes, means, grid, inputs.cache)
+    results = ClassResults(classes, roi_names, pathway_names, means, class_terms, references, reference_info)
+    rows = [write_class(results, k, maps_dir, atlas_label, grid, options) for k in range(len(classes))]
     write_scores(maps_dir, atlas_label, rows)
     summary = {
         **analysis_summary(results, options),
         "n_scan_records": len(records),
-        "incomplete_units": incomplete,
+        **extra,
         "atlas": {"key": settings.atlas, "label": atlas_label, "image": str(grid.image_path)},
         "software": software_versions(GROUP_PACKAGES),
     }
