@@ -1,9 +1,9 @@
 """The documentation keeps up with the code: every option is in docs/usage.md, every link resolves.
 
-docs/usage.md is read by sections (``## `` headings): options of ``neurossm-synth`` and
-``neurossm-app-fetch`` must appear in a section whose heading names that command; options of
-``neurossm-app`` anywhere else. So ``--seed`` of ``neurossm-synth`` does not stand in for the
-group-level ``--seed``.
+docs/usage.md is read by sections (``## `` headings): options of ``neurossm-synth``,
+``neurossm-app-fetch`` and ``neurossm-app-export`` must appear in a section whose heading names
+that command; options of ``neurossm-app`` anywhere else. So ``--seed`` of ``neurossm-synth``
+does not stand in for the group-level ``--seed``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 USAGE = DOCS / "usage.md"
-OTHER_COMMANDS = ("neurossm-synth", "neurossm-app-fetch")
+OTHER_COMMANDS = ("neurossm-synth", "neurossm-app-fetch", "neurossm-app-export")
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
@@ -26,6 +26,8 @@ def _parser(command: str) -> argparse.ArgumentParser:
         from neurossm_app.cli.parser import build_parser
     elif command == "neurossm-synth":
         from neurossm_app.synthetic.cli import build_parser
+    elif command == "neurossm-app-export":
+        from neurossm_app.cli.export import build_parser
     else:
         from neurossm_app.fetch import build_parser
     return build_parser()

@@ -52,8 +52,13 @@ def group_settings_from_options(opts: argparse.Namespace):
 
 
 def run_group(opts: argparse.Namespace) -> None:
-    """Train and cross-validate NeuroSSM (and the baselines) on the participant-level series."""
+    """Train and cross-validate NeuroSSM (and the baselines) on the participant-level series,
+    or with ``--predict-with`` apply a trained model to them (:func:`run_predict`)."""
     import torch
+
+    if getattr(opts, "predict_with", None) is not None:
+        run_predict(opts)
+        return
 
     from neurossm_app.bids import RUN_ENTITIES, find_fmriprep_dir, load_filter_file
     from neurossm_app.errors import UsageError
@@ -72,17 +77,6 @@ def run_group(opts: argparse.Namespace) -> None:
         "settings: %s",
         ", ".join(f"{k}={v}" for k, v in settings.to_dict().items() if v is not None),
     )
-    analysis = None
-    if getattr(opts, "analysis", False):
-        from neurossm_app.group.analysis import AnalysisOptions
-
-        analysis = AnalysisOptions(
-            neurosynth_dir=opts.neurosynth_dir,
-            class_terms=opts.class_terms,
-            cpa_subjects=opts.cpa_subjects,
-            n_permutations=opts.n_permutations,
-            atlas_dir=getattr(opts, "atlas_dir", None),
-        )
     run_group_level(
         settings,
         opts.output_dir,
@@ -90,7 +84,65 @@ def run_group(opts: argparse.Namespace) -> None:
         run_filters=run_filters,
         fold=opts.fold,
         seed=opts.seed,
-        analysis=analysis,
+        analysis=analysis_options(opts),
         fmriprep_dir=find_fmriprep_dir(opts.bids_dir, opts.derivatives),
         command_line=[str(a) for a in getattr(opts, "command_line", [])],
     )
+
+
+def analysis_options(opts: argparse.Namespace):
+    """``--analysis`` and its options as :class:`AnalysisOptions`, or ``None`` without it."""
+    if not getattr(opts, "analysis", False):
+        return None
+    from neurossm_app.group.analysis import AnalysisOptions
+
+    return AnalysisOptions(
+        neurosynth_dir=opts.neurosynth_dir,
+        class_terms=opts.class_terms,
+        cpa_subjects=opts.cpa_subjects,
+        n_permutations=opts.n_permutations,
+        atlas_dir=getattr(opts, "atlas_dir", None),
+    )
+
+
+#: Options that train or shape a model: with ``--predict-with`` the model's own values apply.
+_TRAINING_ONLY = tuple(n for n in _OVERRIDES if n not in {"target", "run_name", "atlas", "participant_label",
+    "session_label", "task_id", "device", "omp_nthreads"}) + ("fold", "seed")  # fmt: skip
+
+
+def run_predict(opts: argparse.Namespace) -> None:
+    """``group --predict-with MODEL``: the model's checkpoints applied to the selected scans."""
+    import torch
+
+    from neurossm_app.bids import RUN_ENTITIES, find_fmriprep_dir, load_filter_file
+    from neurossm_app.errors import UsageError
+    from neurossm_app.group.predict import PredictRequest, default_run_name, run_prediction
+
+    given = [n for n in _TRAINING_ONLY if getattr(opts, n, None) is not None]
+    if given:
+        shown = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise UsageError(
+            f"{shown} train a model and cannot be combined with --predict-with, which applies the "
+            "model's own settings; drop them."
+        )
+    torch.set_num_threads(opts.omp_nthreads)
+    bold_filters = load_filter_file(opts.bids_filter_file).get("bold", {})
+    request = PredictRequest(
+        model=opts.predict_with,
+        output_dir=opts.output_dir,
+        run_name=opts.run_name or default_run_name(opts.predict_with),
+        participants_tsv=opts.participants_tsv or opts.bids_dir / "participants.tsv",
+        selection={
+            "participant_labels": list(opts.participant_label or []),
+            "session_labels": list(opts.session_label or []),
+            "task_ids": list(opts.task_id or []),
+            "run_filters": {k: v for k, v in bold_filters.items() if k in RUN_ENTITIES},
+        },
+        target=opts.target,
+        atlas=opts.atlas,
+        device=opts.device,
+        analysis=analysis_options(opts),
+        fmriprep_dir=find_fmriprep_dir(opts.bids_dir, opts.derivatives),
+        command_line=[str(a) for a in getattr(opts, "command_line", [])],
+    )
+    run_prediction(request)

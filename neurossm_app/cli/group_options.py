@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from neurossm_app.argtypes import non_negative_int
+from neurossm_app.argtypes import abs_path, non_negative_int
 from neurossm_app.group.neurosynth import default_neurosynth_dir
 from neurossm_app.group.presets import (
     AUGMENTATIONS,
@@ -60,7 +60,16 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--run-name",
         metavar="NAME",
-        help="results go to OUTPUT_DIR/group/NAME (letters, digits, '-'); default: the preset name",
+        help="results go to OUTPUT_DIR/group/NAME (letters, digits, '-'); default: the preset name "
+        "(with --predict-with: predict-<the model's run name>)",
+    )
+    group.add_argument(
+        "--predict-with",
+        type=abs_path,
+        metavar="MODEL",
+        help="apply a trained model to the selected scans instead of training: MODEL is a finished "
+        "group run folder (OUTPUT_DIR/group/<run-name>) or a bundle from neurossm-app-export; the "
+        "mean of its fold x seed checkpoints' probabilities predicts (docs/usage.md, Using a trained model)",
     )
 
 

@@ -165,11 +165,11 @@ def _dataset_section(summary: dict) -> Section:
             pd.DataFrame({"repetition time (s)": list(times), "scans": list(times.values())}),
             caption="Repetition times (windows are counted in volumes, as in the original study)",
         )
-    _excluded_table(section, dataset.get("excluded"))
+    excluded_table(section, dataset.get("excluded"))
     return section
 
 
-def _excluded_table(section: Section, excluded: list | None) -> None:
+def excluded_table(section: Section, excluded: list | None) -> None:
     """The subjects and scans left out of the run, with the reason for each."""
     if excluded is None:
         return
@@ -190,7 +190,7 @@ def _excluded_table(section: Section, excluded: list | None) -> None:
     )
 
 
-def _inputs_section(summary: dict) -> Section | None:
+def inputs_section(summary: dict) -> Section | None:
     """How the inputs were made (the participant-level settings they share) and the fMRIPrep version."""
     inputs = summary.get("inputs")
     if not inputs:
@@ -216,7 +216,7 @@ def _inputs_section(summary: dict) -> Section | None:
     return section
 
 
-def _provenance_section(summary: dict) -> Section | None:
+def provenance_section(summary: dict) -> Section | None:
     """The neurossm-app version, the exact command line, the date and the software versions."""
     provenance = summary.get("provenance")
     if not provenance:
@@ -264,7 +264,7 @@ def build_group_report(run_dir: str | os.PathLike) -> Path:
     summary = json.loads((run_dir / "summary.json").read_text())
     classes = [str(c) for c in summary.get("classes", [])]
     sections = [_dataset_section(summary)]
-    sections += [s for s in (_inputs_section(summary),) if s is not None]
+    sections += [s for s in (inputs_section(summary),) if s is not None]
 
     performance = Section("Performance", "performance")
     metrics_file = run_dir / "metrics.tsv"
@@ -323,7 +323,7 @@ def build_group_report(run_dir: str | os.PathLike) -> Path:
     from neurossm_app.reports.cpa import cpa_sections
 
     sections.extend(cpa_sections(run_dir))
-    sections += [s for s in (_provenance_section(summary),) if s is not None]
+    sections += [s for s in (provenance_section(summary),) if s is not None]
     title = f"neurossm-app group report: {summary.get('run_name', run_dir.name)}"
     intro = (
         f"NeuroSSM classification of {summary.get('target')} "
