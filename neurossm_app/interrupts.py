@@ -91,8 +91,12 @@ def uninterrupted() -> Iterator[None]:
 def stop_child_processes(grace: float = 3.0) -> None:
     """SIGTERM this process's multiprocessing children (nipype's workers); SIGKILL what is left
     after ``grace`` seconds. Returns once every child has ended."""
+    import logging
     import multiprocessing
 
+    # The pool's pending futures fail once its workers are gone; concurrent.futures would log a
+    # traceback for each. That is this stop, not an error.
+    logging.getLogger("concurrent.futures").setLevel(logging.CRITICAL)
     children = multiprocessing.active_children()
     for child in children:
         child.terminate()
@@ -108,3 +112,11 @@ def stop_child_processes(grace: float = 3.0) -> None:
 def interrupted() -> bool:
     """A signal arrived while :func:`handle_signals` was active (the call is stopping)."""
     return _STATE["pid"] is not None and _STATE["received"] is not None
+
+
+def raise_if_interrupted() -> None:
+    """Raise the interrupt again if a signal arrived: for code that runs after a library may
+    have caught it (nipype's interfaces turn every exception, interrupts too, into a node
+    failure and go on with the other nodes)."""
+    if interrupted() and os.getpid() == _STATE["pid"]:
+        raise _interrupt(_STATE["received"])

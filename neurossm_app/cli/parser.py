@@ -146,6 +146,12 @@ def _add_resource_options(perf: argparse._ArgumentGroup) -> None:
     perf.add_argument(
         "--mem-mb", type=positive_int, metavar="MB", help="memory limit for the workflow scheduler"
     )
+    perf.add_argument(
+        "--use-plugin",
+        type=abs_path,
+        metavar="FILE",
+        help="nipype plugin YAML for the participant workflow ('plugin: SLURM', 'plugin_args: {...}')",
+    )
 
 
 def _add_atlas_options(part: argparse._ArgumentGroup) -> None:

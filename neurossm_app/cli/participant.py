@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import re
+import os
+import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from neurossm_app import __version__
-from neurossm_app.errors import DataError, NeurossmError
+from neurossm_app.cli.participant_failures import failures_from_crashes, runs_failed
+from neurossm_app.cli.plugins import load_plugin_file, plugin_and_args
+from neurossm_app.errors import NeurossmError
 
 LOGGER = logging.getLogger("neurossm_app")
 
@@ -30,40 +35,46 @@ def run_participant(opts: argparse.Namespace) -> None:
     )
     from neurossm_app.participant.validation import finish_validation, start_validation
 
+    # A bad --use-plugin file is refused before anything is written.
+    plugin = load_plugin_file(opts.use_plugin) if opts.use_plugin else None
     output_dir = check_output_dir(opts.bids_dir, opts.output_dir)
     settings = _cleaning_settings(opts)
     # The validator (a separate process, about a second) checks BIDS_DIR while pybids indexes
     # the derivatives and the runs are checked; its verdict is still the first one reported.
     validation = None if opts.skip_bids_validation else start_validation(opts.bids_dir)
     try:
-        runs, atlas = _select_runs(opts)
+        runs, failures, atlas = _select_runs(opts, settings)
     finally:
         finish_validation(validation, opts.bids_dir)
     made = check_output_settings(output_dir, settings, space_of(runs))  # refused before any write
     subjects = sorted({r.entities["subject"] for r in runs})
+    good = [r for r in runs if r.name not in failures]
+    if not good:  # every run failed the checks: nothing is written
+        raise runs_failed([r.name for r in runs], failures)
     LOGGER.info(
         "participant level: %d run(s) of %d subject(s), atlas %s (%d ROIs), confounds %s",
-        len(runs),
+        len(good),
         len(subjects),
         atlas.spec.bids_label,
         atlas.n_rois,
         settings.strategy,
     )
-    progress = _ProgressLog(runs, output_dir)
+    progress = _ProgressLog(good, output_dir, failures)
     try:
-        _run_workflow(runs, atlas, settings, output_dir, opts, progress)
+        failures.update(_run_workflow(good, atlas, settings, output_dir, opts, progress, plugin))
     finally:
+        progress.settle()
         # Provenance goes beside results only: a call that fails before any run is written (say,
         # on NaN in a BOLD file) leaves OUTPUT_DIR without files that look like a derivative.
         if progress.done:
             dataset_description(output_dir, [opts.bids_dir], links=_dataset_links(opts, output_dir, atlas))
             write_citation(output_dir, atlas=atlas, settings=settings, space=made["Space"])
             record_output_settings(output_dir, made)
-    reports = [progress.reports.get(s) or _subject_report(output_dir, s) for s in subjects]
-    LOGGER.info(
-        "reports: %s", reports[0] if len(reports) == 1 else f"{output_dir}/sub-*.html ({len(reports)})"
-    )
-    LOGGER.info("done: ROI time series for %d run(s) are in %s", len(runs), output_dir)
+    if progress.done:  # a call that wrote nothing leaves no report either
+        _write_reports(output_dir, subjects, progress, failures)
+        LOGGER.info("done: ROI time series for %d run(s) are in %s", progress.done, output_dir)
+    if failures:
+        raise runs_failed([r.name for r in runs], failures)
 
 
 def _cleaning_settings(opts: argparse.Namespace):
@@ -83,8 +94,12 @@ def _cleaning_settings(opts: argparse.Namespace):
     )
 
 
-def _select_runs(opts: argparse.Namespace):
-    """The runs to process, checked (pre-flight), and the atlas."""
+def _select_runs(opts: argparse.Namespace, settings):
+    """The selected runs, those that fail the pre-flight checks (run name -> error), and the atlas.
+
+    Every run is checked, so every known data error is reported at once; a run that fails is left
+    out and the others are processed.
+    """
     from neurossm_app.atlases import get_atlas
     from neurossm_app.fmriprep import collect_bold_runs, find_fmriprep_dir, load_filter_file
     from neurossm_app.participant.preflight import check_run
@@ -100,9 +115,19 @@ def _select_runs(opts: argparse.Namespace):
         space=opts.space,
         link=_fmriprep_link(opts.output_dir, fmriprep_dir),
     )
+    failures: dict[str, NeurossmError] = {}
     for run in runs:
-        check_run(run)
-    return runs, get_atlas(opts.atlas or "schaefer400", opts.atlas_dir, space=runs[0].space)
+        try:
+            check_run(run, settings)
+        except NeurossmError as err:
+            failures[run.name] = err
+    if failures and len(failures) < len(runs):
+        LOGGER.warning(
+            "pre-flight: %d of %d run(s) fail the checks and are left out (one line each at the end)",
+            len(failures),
+            len(runs),
+        )
+    return runs, failures, get_atlas(opts.atlas or "schaefer400", opts.atlas_dir, space=runs[0].space)
 
 
 def _fmriprep_link(output_dir: Path, fmriprep_dir: Path) -> str:
@@ -126,21 +151,57 @@ def _dataset_links(opts: argparse.Namespace, output_dir: Path, atlas) -> dict[st
 
 
 def _run_workflow(
-    runs, atlas, settings, output_dir: Path, opts: argparse.Namespace, progress: _ProgressLog
-) -> None:
+    runs, atlas, settings, output_dir: Path, opts: argparse.Namespace, progress: _ProgressLog, plugin
+) -> dict[str, NeurossmError]:
+    """Run every run's branch; returns the runs that failed (run name -> error).
+
+    No node failure stops the others (``stop_on_first_crash`` is off). Ctrl-C or SIGTERM stops
+    the workers before the interrupt goes on.
+    """
+    from neurossm_app.interrupts import stop_child_processes
+    from neurossm_app.participant.workflow import branch_name, init_participant_wf
+
+    work_dir = opts.work_dir / f"neurossm_{__version__.replace('.', '_')}"
+    # This call's crash reports only: array jobs of other subjects (and earlier calls) may share -w.
+    crash_dir = work_dir / "crash" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    _configure_nipype(crash_dir, opts.verbose)
+    workflow = init_participant_wf(runs, atlas, settings, output_dir, work_dir, opts.omp_nthreads)
+    name, args = plugin_and_args(plugin, len(runs), opts.nprocs, opts.mem_mb, progress)
+    # MultiProc runs a full gc.collect() before each submission and nilearn one per image it
+    # reads; with pybids, pandas and nipype (and the group options' torch) loaded, each scanned
+    # ~300,000 objects, 0.2-0.4 s, dozens of times per call, while the workers waited. Frozen
+    # objects are skipped (in forked workers too); the process gets them back afterwards.
+    gc.freeze()
+    failed: dict[str, NeurossmError] = {}
+    try:
+        with _nipype_crashes_unlogged(opts.verbose):
+            workflow.run(plugin=name, plugin_args=args)
+    except KeyboardInterrupt:
+        stop_child_processes()
+        raise
+    except Exception as err:  # noqa: BLE001 - nipype wraps node errors; recover ours
+        failed = failures_from_crashes(crash_dir, {branch_name(r): r.name for r in runs})
+        if not failed:
+            raise NeurossmError(
+                f"the participant workflow failed: {str(err).strip().splitlines()[0]} (re-run with -v)"
+            ) from None
+    finally:
+        gc.unfreeze()
+    if "status_callback" not in args:  # a *Graph plugin: no callback counted the written runs
+        progress.done = len(runs) - len(failed)
+    return failed
+
+
+def _configure_nipype(crash_dir: Path, verbose: int) -> None:
     from nipype import config as nipype_config
     from nipype import logging as nipype_logging
 
-    from neurossm_app.participant.workflow import init_participant_wf
-
-    work_dir = opts.work_dir / f"neurossm_{__version__.replace('.', '_')}"
-    crash_dir = work_dir / "crash"
     nipype_config.update_config(
         {
             "execution": {
                 "crashdump_dir": str(crash_dir),
                 "crashfile_format": "txt",
-                "stop_on_first_crash": True,
+                "stop_on_first_crash": False,  # one run's failure never stops the others
                 "remove_unnecessary_outputs": False,
                 "hash_method": "content",
                 # MultiProc sleeps this long between polls of its workers (2 s by default, made
@@ -150,37 +211,35 @@ def _run_workflow(
             "monitoring": {"enabled": False},
             # nipype's per-node lines only with -v; _ProgressLog reports finished runs
             "logging": {
-                key: "INFO" if opts.verbose else "WARNING"
+                key: "INFO" if verbose else "WARNING"
                 for key in ("workflow_level", "interface_level", "utils_level")
             },
         }
     )
     nipype_logging.update_logging(nipype_config)
-    workflow = init_participant_wf(runs, atlas, settings, output_dir, work_dir, opts.omp_nthreads)
-    plugin_args = {
-        "n_procs": opts.nprocs,
-        "raise_insufficient": False,
-        "status_callback": progress,
-    }
-    if opts.mem_mb:
-        plugin_args["memory_gb"] = opts.mem_mb / 1024
-    plugin = "MultiProc" if opts.nprocs > 1 and len(runs) > 1 else "Linear"
-    # MultiProc runs a full gc.collect() before each submission and nilearn one per image it
-    # reads; with pybids, pandas and nipype (and the group options' torch) loaded, each scanned
-    # ~300,000 objects, 0.2-0.4 s, dozens of times per call, while the workers waited. Frozen
-    # objects are skipped (in forked workers too); the process gets them back afterwards.
-    gc.freeze()
+
+
+#: nipype's warnings about a failed node (one line per failed run replaces them without -v).
+_NODE_FAILED = ("[Node] Error on", "Storing result file without outputs")
+
+
+def _below_error(record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.ERROR:
+        return False
+    return not (record.levelno == logging.WARNING and str(record.msg).startswith(_NODE_FAILED))
+
+
+@contextmanager
+def _nipype_crashes_unlogged(verbose: int) -> Iterator[None]:
+    """Without -v, nipype's records of failed nodes (each crash with its traceback) are dropped:
+    the call prints one line per failed run instead. Forked workers inherit the filter."""
+    logger = logging.getLogger("nipype.workflow")
+    if not verbose:
+        logger.addFilter(_below_error)
     try:
-        workflow.run(
-            plugin=plugin,
-            plugin_args=plugin_args
-            if plugin == "MultiProc"
-            else {"status_callback": plugin_args["status_callback"]},
-        )
-    except Exception as err:  # noqa: BLE001 - nipype wraps node errors; recover ours
-        raise _error_from_crash(crash_dir, err) from None
+        yield
     finally:
-        gc.unfreeze()
+        logger.removeFilter(_below_error)
 
 
 class _ProgressLog:
@@ -188,16 +247,45 @@ class _ProgressLog:
     each subject's report as soon as all its runs are written, while the workers go on with
     other subjects (rather than one after the other once the workflow is done)."""
 
-    def __init__(self, runs: list, output_dir: Path):
+    def __init__(self, runs: list, output_dir: Path, failures: dict[str, NeurossmError] | None = None):
         self.total = len(runs)
         self.done = 0
         self.output_dir = output_dir
         # both sinks of every run of a subject, still to finish
         self.pending = Counter(2 * [r.entities["subject"] for r in runs])
         self.reports: dict[str, Path] = {}
+        self.failures = failures or {}  # runs the pre-flight checks left out, for the reports
+        self.runs = runs
+        self.started = time.time()
+        self.failed_branches: set[str] = set()  # runs (workflow branches) with a failed node
+
+    def settle(self) -> None:
+        """After Ctrl-C or SIGTERM, count the runs whose sidecar (written last) this call wrote:
+        the interrupt may have come between a sink's end and its callback."""
+        from neurossm_app.interrupts import interrupted
+
+        if interrupted():
+            self.done = max(self.done, sum(self._written(run) for run in self.runs))
+
+    def _written(self, run) -> bool:
+        pattern = f"**/{run.name}_space-*_stat-mean_timeseries.json"
+        subject_dir = self.output_dir / f"sub-{run.entities['subject']}"
+        return any(p.stat().st_mtime >= self.started for p in subject_dir.glob(pattern))
 
     def __call__(self, node, status: str) -> None:
+        from neurossm_app.interrupts import raise_if_interrupted
+
+        # nipype turns an interrupt inside a node into that node's failure and goes on; the
+        # callback that follows (the plugin's loop, outside any node) raises it again.
+        raise_if_interrupted()
+        branch = node.fullname.rsplit(".", 1)[0]
+        if status == "exception":
+            self.failed_branches.add(branch)
+        # nipype calls a node "ended" that failed (MultiProc, after "exception") or that was
+        # skipped because its run failed (Linear)
         if status != "end" or node.name not in ("ds_timeseries", "ds_report"):
+            return
+        if branch in self.failed_branches:
             return
         subject = node.inputs.entities["subject"]
         if node.name == "ds_timeseries":
@@ -207,29 +295,28 @@ class _ProgressLog:
             LOGGER.info("[%d/%d] %s written", self.done, self.total, run_label(node.inputs.entities))
         self.pending[subject] -= 1
         if self.pending[subject] == 0:
-            self.reports[subject] = _subject_report(self.output_dir, subject)
+            self.reports[subject] = _subject_report(self.output_dir, subject, self.failures)
 
 
-def _subject_report(output_dir: Path, subject: str) -> Path:
+def _write_reports(output_dir: Path, subjects: list[str], progress: _ProgressLog, failures: dict) -> None:
+    """Every subject's report; those with a failed run (built again) say which and why."""
+    reports = [
+        progress.reports[s]
+        if s in progress.reports and not _of_subject(failures, s)
+        else _subject_report(output_dir, s, failures)
+        for s in subjects
+    ]
+    LOGGER.info(
+        "reports: %s", reports[0] if len(reports) == 1 else f"{output_dir}/sub-*.html ({len(reports)})"
+    )
+
+
+def _of_subject(failures: dict[str, NeurossmError], subject: str) -> dict[str, str]:
+    """The failed runs of one subject (run name -> why), from the run names (``sub-<label>_...``)."""
+    return {name: str(err) for name, err in failures.items() if name.split("_")[0] == f"sub-{subject}"}
+
+
+def _subject_report(output_dir: Path, subject: str, failures: dict | None = None) -> Path:
     from neurossm_app.reports.participant import build_participant_report
 
-    return build_participant_report(output_dir, subject)
-
-
-_OUR_ERROR = re.compile(r"neurossm_app\.errors\.(\w+): (.+)")
-
-
-def _error_from_crash(crash_dir: Path, err: Exception) -> NeurossmError:
-    """Turn a nipype node crash back into the user-facing error it carried."""
-    from neurossm_app import errors
-
-    crashes = (
-        sorted(crash_dir.glob("crash-*.txt"), key=lambda p: p.stat().st_mtime) if crash_dir.exists() else []
-    )
-    for crash in reversed(crashes):
-        found = _OUR_ERROR.findall(crash.read_text(errors="replace"))
-        if found:
-            name, message = found[-1]
-            return getattr(errors, name, DataError)(message.strip())
-    where = f" (crash report: {crashes[-1]})" if crashes else ""
-    return DataError(f"the participant workflow failed: {str(err).splitlines()[0]}{where}")
+    return build_participant_report(output_dir, subject, failed=_of_subject(failures or {}, subject))

@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 
 from neurossm_app.bids import BoldRun
+from neurossm_app.config import CleaningSettings
 from neurossm_app.errors import DataError
 
 _AFFINE_TOLERANCE = 1e-3  # mm; fMRIPrep writes a run's mask and BOLD with the same affine
@@ -25,8 +26,12 @@ def _load(path: os.PathLike) -> nib.Nifti1Image:
         ) from None
 
 
-def check_run(run: BoldRun) -> None:
-    """Check 4D-ness, grids, the TR and the confounds' row count of one run."""
+def check_run(run: BoldRun, settings: CleaningSettings | None = None) -> None:
+    """Check 4D-ness, grids, the TR and the confounds' row count of one run.
+
+    ``settings`` (the call's denoising settings) let the confounds be checked against the strategy.
+    Raises :class:`DataError` with one line; the CLI checks every run and reports each failure.
+    """
     bold = _load(run.bold)
     if bold.ndim != 4:
         raise DataError(f"{run.bold} is {bold.ndim}D; a 4D BOLD series (x, y, z, time) is required.")

@@ -139,11 +139,12 @@ def init_participant_wf(
     workflow = pe.Workflow(name=name, base_dir=str(work_dir))
     for run in runs:
         branch = init_run_wf(
-            run, atlas, settings, output_dir, omp_nthreads=omp_nthreads, name=f"{_safe(run.name)}_wf"
+            run, atlas, settings, output_dir, omp_nthreads=omp_nthreads, name=branch_name(run)
         )
         workflow.add_nodes([branch])
     return workflow
 
 
-def _safe(name: str) -> str:
-    return name.replace("-", "")
+def branch_name(run: BoldRun) -> str:
+    """The name of the run's branch (``sub01_taskrest_wf``), as nipype's crash reports give it."""
+    return f"{run.name.replace('-', '')}_wf"
