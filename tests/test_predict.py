@@ -294,3 +294,19 @@ def test_analysis_on_the_new_subjects(trained, site_b, atlas_cache, tmp_path):
     assert [name.split("_label-")[1].split("_")[0] for name in tables] == ["F", "M"]
     assert read_tsv(run / "maps" / tables[0])["roi"].tolist() == schaefer_names("schaefer400")[:N_ROIS]
     assert "Calibrated pathway weights" in (run / "report.html").read_text()
+
+
+def test_what_is_not_a_trained_model_is_refused(trained, site_b, from_folder, tmp_path, capsys):
+    bids, out = site_b
+    assert predict(bids, out, from_folder, "--run-name", "again") == 65
+    assert "is a prediction run; give the group run that trained the model" in capsys.readouterr().err
+    assert predict(bids, out, tmp_path / "nothing.zip") == 66
+    assert "--predict-with" in capsys.readouterr().err
+    (tmp_path / "not.zip").write_text("plain text")
+    assert predict(bids, out, tmp_path / "not.zip") == 65
+    assert "is not a readable zip file" in capsys.readouterr().err
+    assert predict(bids, out, trained, "--atlas", "aal3v2", "--run-name", "again") == 65
+    assert (
+        "--atlas aal3v2 (AAL3v2) is another atlas than the model's (Schaefer400n17" in capsys.readouterr().err
+    )
+    assert not (out / "group" / "again").exists()

@@ -201,12 +201,13 @@ def default_run_name(model: Path) -> str:
 
 
 def model_settings(trained: TrainedModel) -> GroupSettings:
-    """The model's resolved settings as :class:`GroupSettings` (lists as tuples)."""
-    names = {f.name for f in fields(GroupSettings)}
-    values = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in trained.record["settings"].items() if k in names
-    }
-    return GroupSettings(**values)
+    """The model's resolved settings as :class:`GroupSettings`; fields an older run did not record
+    take its preset's values."""
+    from neurossm_app.group.presets import resolve_settings
+
+    names = {f.name for f in fields(GroupSettings)} - {"preset"}
+    saved = trained.record["settings"]
+    return resolve_settings(saved.get("preset"), {k: v for k, v in saved.items() if k in names})
 
 
 def check_replaceable(run_dir: Path, trained: TrainedModel) -> None:

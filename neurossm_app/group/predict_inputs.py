@@ -129,7 +129,12 @@ def new_labels(scans: list[ScanFile], target: str, participants_tsv: Path) -> tu
     if not participants_tsv.is_file():
         LOGGER.info("no %s: predictions without true labels", participants_tsv)
         return [None] * len(scans), where
-    header = pd.read_csv(participants_tsv, sep="\t", dtype=str, nrows=0).columns
+    try:
+        header = pd.read_csv(participants_tsv, sep="\t", dtype=str, nrows=0).columns
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(
+            f"{participants_tsv} is not a readable TSV ({type(err).__name__}); fix the file."
+        ) from None
     if column not in header:
         LOGGER.info("%s has no column %s: predictions without true labels", participants_tsv, column)
         return [None] * len(scans), where

@@ -167,6 +167,13 @@ def read_run_folder(run_dir: Path) -> TrainedModel:
     from neurossm_app.group.units import read_marker
 
     config = _read_json(run_dir / "config.json", "give a finished group run folder or a bundle")
+    if config.get("mode") == "prediction":
+        raise DataError(
+            f"{run_dir} is a prediction run; give the group run that trained the model "
+            f"({config.get('model', {}).get('source', 'see its config.json')})."
+        )
+    if not isinstance(config.get("settings"), dict):
+        raise DataError(f"{run_dir / 'config.json'} has no settings: not a group run folder.")
     seeds = config["settings"]["seeds"]
     n_folds = 1 if config["settings"]["skip_cross_validation"] else config["settings"]["folds"]
     units = [(fold, seed) for seed in seeds for fold in range(n_folds)]
@@ -212,6 +219,7 @@ def load_trained_model(path: Path) -> TrainedModel:
             f"--predict-with {path} does not exist; give a finished group run folder "
             "(OUTPUT_DIR/group/<run-name>) or a bundle written by neurossm-app-export."
         )
+    check_consistent(trained)
     if trained.record.get("normalization") != NORMALIZATION:
         raise DataError(
             f"the model in {path} expects another input normalization "
@@ -219,6 +227,32 @@ def load_trained_model(path: Path) -> TrainedModel:
             "trained it."
         )
     return trained
+
+
+#: What a checkpoint's description must hold to be used.
+CHECKPOINT_FIELDS = ("config", "classes", "roi_names", "weights", "sha256")
+
+
+def check_consistent(trained: TrainedModel) -> None:
+    """Every checkpoint describes the same classes and ROIs as the model record.
+
+    Raises
+    ------
+    DataError
+        A description without a field it needs, or with other classes or ROI names.
+    """
+    for checkpoint in trained.checkpoints:
+        lacking = [k for k in CHECKPOINT_FIELDS if k not in checkpoint.info]
+        if lacking:
+            raise DataError(f"checkpoint {checkpoint.name} of {trained.source} has no {', '.join(lacking)}.")
+        if (
+            tuple(checkpoint.info["classes"]) != trained.classes
+            or tuple(checkpoint.info["roi_names"]) != trained.roi_names
+        ):
+            raise DataError(
+                f"checkpoint {checkpoint.name} of {trained.source} was trained on other classes or ROIs "
+                "than the model's others; retrain or export the run again."
+            )
 
 
 def build_member(checkpoint: Checkpoint, backend: str = "auto"):
