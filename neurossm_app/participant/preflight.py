@@ -13,6 +13,7 @@ import numpy as np
 from neurossm_app.bids import BoldRun
 from neurossm_app.config import CleaningSettings
 from neurossm_app.errors import DataError
+from neurossm_app.fmriprep import missing_confounds_error, needs_confounds
 
 _AFFINE_TOLERANCE = 1e-3  # mm; fMRIPrep writes a run's mask and BOLD with the same affine
 
@@ -42,6 +43,10 @@ def check_run(run: BoldRun, settings: CleaningSettings | None = None) -> None:
         )
     n_vols = bold.shape[3]
     if run.confounds is None:  # fine when nothing reads it (--confounds none, no censoring)
+        if settings is None or needs_confounds(
+            settings.strategy, settings.fd_threshold, settings.std_dvars_threshold
+        ):
+            raise missing_confounds_error(run, settings.strategy if settings else "36P")
         n_rows = n_vols
     else:
         with open(run.confounds) as handle:
