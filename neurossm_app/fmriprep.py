@@ -292,14 +292,11 @@ def _choose_space(selected: list[_File], space: str | None, fmriprep_dir: Path) 
     usable = [s for s in SPACES if s in found and (space is None or s == space)]
     if not usable:
         wanted = space or " or ".join(SPACES)
-        other = (
-            f"; pass --space {[s for s in SPACES if s in found][0]}"
-            if any(s in found for s in SPACES)
-            else ""
-        )
+        rerun = f"re-run fMRIPrep with --output-spaces {space or TEMPLATE_SPACE}:res-2"
+        have = [s for s in SPACES if s in found]
+        fix = f"pass --space {have[0]} or {rerun}" if have else rerun
         raise InputMissingError(
-            f"no BOLD runs in space {wanted} in {fmriprep_dir} (found spaces: {', '.join(found)}){other}; "
-            f"or re-run fMRIPrep with --output-spaces {space or TEMPLATE_SPACE}:res-2."
+            f"no BOLD runs in space {wanted} in {fmriprep_dir} (found spaces: {', '.join(found)}); {fix}."
         )
     return usable[0]
 
