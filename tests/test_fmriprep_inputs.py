@@ -181,6 +181,16 @@ def test_space_names_the_outputs_and_the_atlas(tmp_path, option, space):
     )
 
 
+@pytest.mark.parametrize("res", ["1", None], ids=["res-1", "native-3x3x3.33mm"])
+def test_every_grid_goes_through_the_cli(tmp_path, res):
+    """Only res-1, or only fMRIPrep's native grid: the atlas is resampled onto it."""
+    tree = write_fmriprep(tmp_path / "fmriprep", "20.2", spaces=((NLIN2009, res),), volumes=24)
+    assert _call(tree.root, tmp_path / "out", "--confounds", "none") == 0
+    (tsv,) = _series(tmp_path / "out")
+    meta = json.loads(tsv.with_suffix(".json").read_text())
+    assert meta["Sources"][0].endswith(tree.bolds[0].name) and len(meta["ExcludedROIs"]) < 400
+
+
 def test_default_space_is_the_one_the_runs_have_and_a_missing_one_is_one_line(tmp_path, capsys):
     tree = write_fmriprep(tmp_path / "fmriprep", "23", spaces=((NLIN6, None),))
     assert _call(tree.root, tmp_path / "out", "--confounds", "none", "--space", NLIN2009) == 66
