@@ -7,8 +7,8 @@ or two subjects broken:
   it with our error text (no traceback), "1 of 4 runs failed", exit 65, and its subject's report
   says why; a crash report another call left in the same ``-w`` is not taken for this call's;
 - runs that fail the pre-flight checks (a truncated BOLD, a mask on another grid) are all reported,
-  one line each, and left out while the good runs are written; when every run fails them nothing
-  is written;
+  one line each, and left out while the good runs are written, as is a run whose confounds lack a
+  column the strategy needs; when every run fails the checks nothing is written;
 - SIGTERM once the first run is written: exit 143, the interrupt line, no process of the call left,
   every written series complete (series, coverage and sidecar; no temporary file);
 - ``--use-plugin``: the plugin file's name and arguments reach ``workflow.run``; a bad file is one
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
 from neurossm_app import __version__
@@ -67,6 +68,12 @@ def _mask_on_other_grid(ds: Path, subject: str) -> None:
     path = _func(ds, subject, "desc-brain_mask.nii.gz")
     mask = nib.load(path)
     nib.save(nib.Nifti1Image(np.asarray(mask.dataobj)[:-2, :-1, :], mask.affine, mask.header), path)
+
+
+def _drop_confound_column(ds: Path, subject: str, column: str) -> None:
+    path = _func(ds, subject, "desc-confounds_timeseries.tsv")
+    table = pd.read_csv(path, sep="\t", keep_default_na=False)
+    table.drop(columns=[column]).to_csv(path, sep="\t", index=False)
 
 
 def _failure_lines(stderr: str) -> list[str]:
@@ -157,16 +164,19 @@ def test_preflight_reports_every_bad_run_and_processes_the_others(base, tmp_path
     ds = copy_dataset(base, tmp_path / "ds")
     _truncate_bold(ds, "02")
     _mask_on_other_grid(ds, "03")
+    _drop_confound_column(ds, "04", "trans_x")  # 24P needs it
     env, _ = no_network_env(atlas_cache, tmp_path)
     out = tmp_path / "out"
     result = run_cli([ds, out, "participant", *OPTIONS, "-w", tmp_path / "work", "--nprocs", "1"], env)
     assert result.returncode == 65, result.stderr[-3000:]
     failed = _failure_lines(result.stderr)
-    assert [line.split()[2] for line in failed] == ["sub-02_task-rest", "sub-03_task-rest"], result.stderr
+    names = [line.split()[2] for line in failed]
+    assert names == ["sub-02_task-rest", "sub-03_task-rest", "sub-04_task-rest"], result.stderr
     assert "re-copy" in failed[0] and "brain_mask" in failed[1] and "use the mask" in failed[1]
-    assert "pre-flight: 2 of 4 run(s) fail the checks" in result.stderr
-    assert "2 of 4 runs failed" in _error_lines(result.stderr)[-1]
-    assert _series(out) == ["sub-01", "sub-04"]
+    assert "confounds" in failed[2] and "trans_x" in failed[2]
+    assert "pre-flight: " in result.stderr and "run(s) fail the checks and are left out" in result.stderr
+    assert "3 of 4 runs failed" in _error_lines(result.stderr)[-1]
+    assert _series(out) == ["sub-01"]
     _complete(out)
     assert "Traceback" not in result.stderr
 
