@@ -7,8 +7,8 @@ or two subjects broken:
   it with our error text (no traceback), "1 of 4 runs failed", exit 65, and its subject's report
   says why; a crash report another call left in the same ``-w`` is not taken for this call's;
 - runs that fail the pre-flight checks (a truncated BOLD, a mask on another grid) are all reported,
-  one line each, and left out while the good runs are written, as is a run whose confounds lack a
-  column the strategy needs; when every run fails the checks nothing is written;
+  one line each, and left out while the good runs are written, and so is a run whose confounds
+  lack a column the strategy needs; when every run fails the checks nothing is written;
 - SIGTERM once the first run is written: exit 143, the interrupt line, no process of the call left,
   every written series complete (series, coverage and sidecar; no temporary file);
 - ``--use-plugin``: the plugin file's name and arguments reach ``workflow.run``; a bad file is one
@@ -174,7 +174,7 @@ def test_preflight_reports_every_bad_run_and_processes_the_others(base, tmp_path
     assert names == ["sub-02_task-rest", "sub-03_task-rest", "sub-04_task-rest"], result.stderr
     assert "re-copy" in failed[0] and "brain_mask" in failed[1] and "use the mask" in failed[1]
     assert "confounds" in failed[2] and "trans_x" in failed[2]
-    assert "pre-flight: " in result.stderr and "run(s) fail the checks and are left out" in result.stderr
+    assert "pre-flight: 3 of 4 run(s) fail the checks and are left out" in result.stderr
     assert "3 of 4 runs failed" in _error_lines(result.stderr)[-1]
     assert _series(out) == ["sub-01"]
     _complete(out)

@@ -14,6 +14,7 @@ from neurossm_app.bids import BoldRun
 from neurossm_app.config import CleaningSettings
 from neurossm_app.errors import DataError
 from neurossm_app.fmriprep import missing_confounds_error, needs_confounds
+from neurossm_app.participant.clean import check_confounds
 
 _AFFINE_TOLERANCE = 1e-3  # mm; fMRIPrep writes a run's mask and BOLD with the same affine
 
@@ -28,9 +29,10 @@ def _load(path: os.PathLike) -> nib.Nifti1Image:
 
 
 def check_run(run: BoldRun, settings: CleaningSettings | None = None) -> None:
-    """Check 4D-ness, grids, the TR and the confounds' row count of one run.
+    """Check 4D-ness, grids, the TR, the confounds' row count and gzip integrity of one run.
 
-    ``settings`` (the call's denoising settings) let the confounds be checked against the strategy.
+    With ``settings`` (the call's denoising settings) the confounds are also checked against the
+    strategy: the columns it needs, dummy scans and degrees of freedom (:func:`check_confounds`).
     Raises :class:`DataError` with one line; the CLI checks every run and reports each failure.
     """
     bold = _load(run.bold)
@@ -56,6 +58,8 @@ def check_run(run: BoldRun, settings: CleaningSettings | None = None) -> None:
             f"confounds {run.confounds} has {n_rows} rows but {run.bold} has {n_vols} volumes; "
             "both must come from the same fMRIPrep run."
         )
+    if settings is not None:  # the columns the strategy needs, dummy scans, degrees of freedom
+        check_confounds(run.bold, n_vols, run.repetition_time, settings, run.confounds)
     if str(run.bold).endswith(".gz"):
         itemsize = np.dtype(bold.get_data_dtype()).itemsize
         _check_gzip(run.bold, int(bold.dataobj.offset) + int(np.prod(bold.shape)) * itemsize)
