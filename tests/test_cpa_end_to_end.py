@@ -56,7 +56,7 @@ pytestmark = pytest.mark.slow
 ARGS = [
     "--preset", "hcp-task", "--dynamic-length", "100", "--epochs", "30", "--batch-size", "8", "--lr", "1e-2",
     "--weight-decay", "0.1", "--d-model", "16", "--n-layers", "1", "--d-state", "8", "--scales", "1", "2",
-    "--folds", "5", "--seeds", "0", "1", "--baselines", "none", "--omp-nthreads", "2", "--device", "cpu",
+    "--folds", "5", "--seeds", "0", "1", "--baselines", "none", "--omp-nthreads", "1", "--device", "cpu",
     "--augment", "none", "--inner-val", "0",  # as measured before issue 24 changed the defaults
 ]  # fmt: skip
 

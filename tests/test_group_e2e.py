@@ -21,7 +21,7 @@ def test_synthetic_dataset_through_both_levels(rest_dataset, participant_outputs
     group = [
         str(rest_dataset), str(out), "group", "--dynamic-length", "80", "--epochs", "3",
         "--batch-size", "2", "--d-model", "16", "--n-layers", "1", "--d-state", "8", "--scales", "1", "2",
-        "--folds", "2", "--seeds", "0", "--omp-nthreads", "2",
+        "--folds", "2", "--seeds", "0", "--omp-nthreads", "1",
         # the training settings this test was measured with (issue 24 changed the defaults)
         "--lr", "1e-3", "--weight-decay", "0.01", "--augment", "none", "--inner-val", "0",
         "--baselines", "fc-logreg",
