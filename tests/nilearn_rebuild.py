@@ -32,17 +32,16 @@ def sidecar_confounds(meta: dict, confounds_file) -> pd.DataFrame | None:
     if not meta["ConfoundRegressors"]:
         return None
     table = pd.read_csv(confounds_file, sep="\t", na_values="n/a")
+    computed = {}
     for column in meta.get("ConfoundsComputed", []):
         for suffix in ("_derivative1_power2", "_derivative1", "_power2"):
             if column.endswith(suffix):
                 base = table[column[: -len(suffix)]]
                 break
         derivative = base.diff()
-        table[column] = {
-            "_derivative1": derivative,
-            "_power2": base**2,
-            "_derivative1_power2": derivative**2,
-        }[suffix]
+        values = {"_derivative1": derivative, "_power2": base**2, "_derivative1_power2": derivative**2}
+        computed[column] = values[suffix]
+    table = pd.concat([table, pd.DataFrame(computed, index=table.index)], axis=1)
     confounds = table[meta["ConfoundRegressors"]].copy()
     confounds.iloc[0] = confounds.iloc[0].fillna(confounds.iloc[1])  # nilearn's first-row fill
     return confounds
