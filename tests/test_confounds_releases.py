@@ -19,7 +19,7 @@ from neurossm_app.cli import main
 from neurossm_app.config import CleaningSettings
 from neurossm_app.errors import DataError
 from neurossm_app.files import read_tsv
-from neurossm_app.participant.clean import check_degrees_of_freedom, select_confounds
+from neurossm_app.participant.clean import check_confounds, check_degrees_of_freedom, select_confounds
 from neurossm_app.participant.confounds import add_expansions, read_confounds_table
 from tests.conftest import make_synthetic
 from tests.nilearn_rebuild import compare_with_masker, masker_series, resolved_sources
@@ -146,6 +146,10 @@ def test_dummy_scans_auto_and_n(tmp_path, caplog):
         none = select_confounds(empty / BOLD, CleaningSettings(strategy="none"), 30)
     assert none.dummy_volumes == [] and none.sample_mask is None and none.confounds_file is None
     assert "no confounds file, so --dummy-scans auto means 0" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="neurossm_app"):  # the pre-flight leaves it to the run
+        check_confounds(empty / BOLD, 30, 2.0, CleaningSettings(strategy="none", low_pass=None))
+    assert "auto means 0" not in caplog.text
 
 
 def test_degrees_of_freedom_refusal_and_thin_margin(caplog):

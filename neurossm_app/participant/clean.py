@@ -107,6 +107,7 @@ def select_confounds(
     settings: CleaningSettings,
     n_volumes: int,
     confounds_file: str | os.PathLike | None = None,
+    log: bool = True,
 ) -> ConfoundSelection:
     """Confound regressors, non-steady-state volumes and the censoring mask of one fMRIPrep run.
 
@@ -119,6 +120,9 @@ def select_confounds(
     confounds_file
         Its confounds TSV; by default the one beside ``bold_file`` (:func:`find_confounds_file`).
         ``--confounds none`` with an integer ``--dummy-scans`` reads no file.
+    log
+        Log that ``--dummy-scans auto`` means 0 for a run without a confounds file (the run says
+        it; the pre-flight does not repeat it).
 
     Raises
     ------
@@ -141,7 +145,8 @@ def select_confounds(
                 f"censoring) needs {stem}_desc-confounds_timeseries.tsv (fMRIPrep 20.2+) or "
                 f"{stem}_desc-confounds_regressors.tsv (1.2-20.1) beside it, or use --confounds none."
             )
-        LOGGER.info("%s: no confounds file, so --dummy-scans auto means 0", Path(bold_file).name)
+        if log:
+            LOGGER.info("%s: no confounds file, so --dummy-scans auto means 0", Path(bold_file).name)
         return _selection(None, None, [], [], None, n_volumes)
     table = read_confounds_table(path)
     if len(table) != n_volumes:
@@ -391,7 +396,7 @@ def check_confounds(
 
     Reads only the confounds TSV (milliseconds); raises :class:`DataError` with one line.
     """
-    selection = select_confounds(bold_file, settings, n_volumes, confounds_file)
+    selection = select_confounds(bold_file, settings, n_volumes, confounds_file, log=False)
     kept = n_volumes if selection.sample_mask is None else len(selection.sample_mask)
     n_regressors = 0 if selection.confounds is None else selection.confounds.shape[1]
     check_degrees_of_freedom(Path(bold_file).name, kept, repetition_time, n_regressors, settings, warn=False)
