@@ -372,14 +372,20 @@ def check_degrees_of_freedom(
         if warn:
             LOGGER.warning("%s", message)
     elif thin and warn:
+        roomier = [
+            name
+            for name in CONFOUND_STRATEGIES
+            if planned_regressors(name) + int(settings.detrend) < THIN_MARGIN * dof
+        ]
         LOGGER.warning(
             "%s: the band-pass keeps about %d degrees of freedom but %d confounds%s are regressed out, "
-            "so little signal is left; use a longer run, fewer confounds (--confounds 24P or simple) or "
-            "a wider band (--low-pass none).",
+            "so little signal is left; use a longer run, fewer confounds (--confounds %s) or a wider "
+            "band (--low-pass none).",
             run,
             dof,
             n_regressors,
             trend,
+            " or ".join(roomier),
         )
     return {"AfterFilter": dof, "Regressors": n_regressors, "Left": dof - used, "ThinMargin": thin}
 
