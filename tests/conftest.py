@@ -65,7 +65,7 @@ def rest_dataset(tmp_path_factory, atlas_cache) -> Path:
 
 @pytest.fixture(scope="session")
 def participant_outputs(rest_dataset, tmp_path_factory) -> Path:
-    """OUTPUT_DIR after the participant level (Schaefer-400, 36P) on ``rest_dataset``."""
+    """OUTPUT_DIR after the participant level (Schaefer-400, 36P, no low-pass) on ``rest_dataset``."""
     from neurossm_app.cli import main
 
     out = tmp_path_factory.mktemp("participant") / "out"
@@ -80,6 +80,9 @@ def participant_outputs(rest_dataset, tmp_path_factory) -> Path:
         "2",
         "--confounds",
         "36P",
+        # 100 volumes at TR 0.72 s keep about 12 degrees of freedom in 0.01-0.1 Hz: too few for 37
+        "--low-pass",
+        "none",
     ]
     assert main(argv) == 0
     return out

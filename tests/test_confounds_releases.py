@@ -155,7 +155,7 @@ def test_dummy_scans_auto_and_n(tmp_path, caplog):
 def test_degrees_of_freedom_refusal_and_thin_margin(caplog):
     settings = CleaningSettings(strategy="36P")
     with pytest.raises(DataError) as err:
-        check_degrees_of_freedom("sub-01_task-rest", 100, 0.72, 36, settings, refuse=True)
+        check_degrees_of_freedom("sub-01_task-rest", 100, 0.72, 36, settings)
     message = str(err.value)
     for part in (
         "sub-01_task-rest",
@@ -266,30 +266,17 @@ def test_runs_too_short_for_the_band_pass_fail_with_one_line(base_dataset, tmp_p
     assert not list((tmp_path / "out").glob("sub-*/func/*"))
 
 
-@pytest.mark.parametrize("refuse", [True, False], ids=["refused", "written-with-warning"])
-def test_no_degrees_of_freedom_left(rest_dataset, tmp_path, capsys, caplog, monkeypatch, refuse):
+def test_no_degrees_of_freedom_left_is_refused(rest_dataset, tmp_path, capsys):
     """The issue's case: 36P and the default band-pass on 100 volumes of 0.72 s leave about 12
-    degrees of freedom for 37 regressors. Refused before anything is written, or (the default
-    while REFUSE_WITHOUT_DEGREES_OF_FREEDOM is off) written with the warning, ``Left <= 0`` and
-    the report's flag."""
-    from neurossm_app.participant import clean
-
-    monkeypatch.setattr(clean, "REFUSE_WITHOUT_DEGREES_OF_FREEDOM", refuse)
+    degrees of freedom for 37 regressors (and the trend): the run is refused with one line, exit
+    65, before anything is written."""
     code = _participant(rest_dataset, tmp_path, "--participant-label", "01", "--confounds", "36P")
     said = [line for line in _error_lines(capsys) if "degrees of freedom" in line]
-    said += [r.getMessage() for r in caplog.records if "degrees of freedom" in r.getMessage()]
     assert len(said) == 1
     for part in ("sub-01_task-rest", "36 confound regressors", "about 12 degrees of freedom", "100 volumes"):
         assert part in said[0]
     assert "--confounds none" in said[0] and "--low-pass none" in said[0] and "longer runs" in said[0]
-    if refuse:
-        assert code == 65 and not list((tmp_path / "out").glob("sub-*/func/*"))
-        return
-    assert code == 0
-    (tsv,) = _series(tmp_path / "out", "01")
-    dof = json.loads(tsv.with_suffix(".json").read_text())["DegreesOfFreedom"]
-    assert dof == {"AfterFilter": 12, "Regressors": 36, "Left": -25, "ThinMargin": True}
-    assert "Warning: few degrees of freedom left" in (tmp_path / "out" / "sub-01.html").read_text()
+    assert code == 65 and not list((tmp_path / "out").glob("sub-*/func/*"))
 
 
 def test_a_strategy_without_its_confounds_file_is_input_missing(tmp_path):

@@ -284,7 +284,8 @@ def test_subject_level_results_and_provenance(cohort_run):
     report = (run / "report.html").read_text()
     assert "Per subject" in report and "Provenance" in report and "fMRIPrep version: 23.2.1" in report
     # where the units ran: the CPU here, with the numba scan (the CPU back end) and torch's conv
-    assert summary["backends"] == [{"device": "cpu", "scan_backend": "cpu", "conv_backend": "torch", "units": 2}]
+    ran = {"device": "cpu", "scan_backend": "cpu", "conv_backend": "torch", "units": 2}
+    assert summary["backends"] == [ran]
     assert "Where NeuroSSM ran" in report
 
 

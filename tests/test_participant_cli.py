@@ -57,6 +57,8 @@ def test_rerun_uses_the_cache(schaefer_outputs, rest_dataset):
                 str(work),
                 "--nprocs",
                 "1",
+                "--low-pass",
+                "none",
             ]
         )
         == 0

@@ -79,7 +79,16 @@ def test_kill_inside_an_atomic_write(tmp_path, existing):
 def test_participant_killed_mid_run_then_rerun(tmp_path, atlas_cache):
     ds = make_synthetic(tmp_path / "ds", atlas_cache, subjects=2, volumes=60, seed=5)
     env, _ = no_network_env(atlas_cache, tmp_path)
-    common = ["participant", "--skip-bids-validation", "--nprocs", "1", "--omp-nthreads", "1"]
+    common = [
+        "participant",
+        "--skip-bids-validation",
+        "--nprocs",
+        "1",
+        "--omp-nthreads",
+        "1",
+        "--low-pass",
+        "none",
+    ]
 
     reference = run_cli([ds, tmp_path / "reference", *common, "-w", tmp_path / "work_reference"], env)
     assert reference.returncode == 0, reference.stderr[-3000:]

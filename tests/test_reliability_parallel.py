@@ -44,7 +44,16 @@ def _start_participants(ds: Path, out: Path, env: dict, root: Path):
         label = f"{index:02d}"
         work = root / "work_shared" if index <= 4 else root / f"work_{label}"
         log = root / f"participant_{label}.log"
-        args = [ds, out, "participant", "--participant-label", label, "--skip-bids-validation"]
+        args = [
+            ds,
+            out,
+            "participant",
+            "--participant-label",
+            label,
+            "--skip-bids-validation",
+            "--low-pass",
+            "none",
+        ]
         processes.append(start_cli([*args, "-w", work, "--nprocs", "1", "--omp-nthreads", "1"], env, log))
         logs.append(log)
     return _wait_all(processes), logs

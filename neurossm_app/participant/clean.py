@@ -287,12 +287,6 @@ def filter_padding(repetition_time: float, settings: CleaningSettings) -> int:
     return 3 * (2 * len(sos) + 1 - zeros)
 
 
-#: Whether a run whose regressors leave no degrees of freedom is refused (exit 65) or written with
-#: a warning (``DegreesOfFreedom.Left <= 0`` in its sidecar). Off while the test suite's synthetic
-#: runs (30-150 volumes at TR 0.72 s, 36P, the default band-pass) are that short; turn it on with
-#: them (docs/usage.md, "Degrees of freedom", says what a run gets).
-REFUSE_WITHOUT_DEGREES_OF_FREEDOM = False
-
 #: Regressors (and the linear trend) above this share of the filter's degrees of freedom leave
 #: a thin margin: the run is written, with a warning in the log, the sidecar and the report.
 THIN_MARGIN = 0.8
@@ -314,7 +308,6 @@ def check_degrees_of_freedom(
     n_regressors: int,
     settings: CleaningSettings,
     warn: bool = True,
-    refuse: bool | None = None,
 ) -> dict[str, Any]:
     """Refuse a run whose regressors take every degree of freedom the band-pass leaves.
 
@@ -328,9 +321,6 @@ def check_degrees_of_freedom(
         Confound regressors; the linear trend (``settings.detrend``) counts as one more.
     warn
         Log a thin margin (the pre-flight leaves that to the run itself).
-    refuse
-        Raise when no degrees of freedom are left; ``False`` logs the same line as a warning
-        (default: :data:`REFUSE_WITHOUT_DEGREES_OF_FREEDOM`).
 
     Returns
     -------
@@ -367,11 +357,8 @@ def check_degrees_of_freedom(
             f"so nothing of the signal would be left; use a smaller strategy (--confounds "
             f"{' or '.join(smaller)}), no band-pass (--low-pass none) or longer runs."
         )
-        if REFUSE_WITHOUT_DEGREES_OF_FREEDOM if refuse is None else refuse:
-            raise DataError(message)
-        if warn:
-            LOGGER.warning("%s", message)
-    elif thin and warn:
+        raise DataError(message)
+    if thin and warn:
         roomier = [
             name
             for name in CONFOUND_STRATEGIES
