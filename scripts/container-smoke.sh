@@ -106,7 +106,7 @@ in_image --entrypoint neurossm-app-fetch "$image" --check || fail "neurossm-app-
 
 say "synthetic dataset (written by the image's neurossm-synth)"
 "${run_as[@]}" -v "$work/data:/data" --entrypoint neurossm-synth "$image" /data/bids \
-    --subjects 6 --tasks motor,language --volumes 80 --tr 2.0 --seed 3 >"$work/synth.log" 2>&1 \
+    --subjects 6 --tasks motor,language --volumes 120 --tr 2.0 --seed 3 >"$work/synth.log" 2>&1 \
     || { tail -n 20 "$work/synth.log"; fail "neurossm-synth"; }
 
 say "participant level"
