@@ -22,30 +22,12 @@ os.environ["TEMPLATEFLOW_AUTOUPDATE"] = "0"
 
 @pytest.fixture(scope="session")
 def atlas_cache() -> Path:
-    """The synthetic Schaefer-400 and AAL3v2 atlases, where TemplateFlow and nilearn look
-    (Schaefer in both templates, :func:`add_nlin6asym`)."""
+    """The synthetic Schaefer-400 (in both templates) and AAL3v2 atlases, where TemplateFlow and
+    nilearn look."""
     from neurossm_app.synthetic.atlas import install_atlases
 
     install_atlases(_ATLAS_CACHE)
-    add_nlin6asym(_ATLAS_CACHE / "templateflow")
     return _ATLAS_CACHE
-
-
-def add_nlin6asym(templateflow_home: Path) -> list[Path]:
-    """Copy the ``tpl-MNI152NLin2009cAsym`` Schaefer files to ``tpl-MNI152NLin6Asym`` names.
-
-    The synthetic atlas has one grid; TemplateFlow has Schaefer in both templates, and the
-    participant level reads the one of the BOLD runs' space.
-    """
-    import shutil
-
-    source, target = "MNI152NLin2009cAsym", "MNI152NLin6Asym"
-    written = []
-    for path in sorted((templateflow_home / f"tpl-{source}").glob(f"tpl-{source}*atlas-Schaefer2018*")):
-        copy = templateflow_home / f"tpl-{target}" / path.name.replace(source, target)
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        written.append(Path(shutil.copyfile(path, copy)))
-    return written
 
 
 def make_synthetic(out_dir: Path, atlas_cache: Path, **options) -> Path:

@@ -38,13 +38,12 @@ def run_fetch(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 
 @pytest.fixture(scope="module")
 def synthetic_cache(tmp_path_factory) -> Path:
-    """A fresh synthetic atlas cache (``templateflow/`` and ``nilearn_data/``)."""
+    """A fresh synthetic atlas cache (``templateflow/`` and ``nilearn_data/``), as the container's
+    synthetic-atlas build installs it: ``--check`` must find both templates' Schaefer files."""
     from neurossm_app.synthetic.atlas import install_atlases
-    from tests.conftest import add_nlin6asym
 
     cache = tmp_path_factory.mktemp("fetch") / "cache"
     install_atlases(cache)
-    add_nlin6asym(cache / "templateflow")
     return cache
 
 

@@ -31,7 +31,7 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
-from neurossm_app.atlases import atlas_files, packaged_path, packaged_table
+from neurossm_app.atlases import SPACES, atlas_files, packaged_path, packaged_table
 from neurossm_app.synthetic.files import write_json, write_nifti
 from neurossm_app.synthetic.grid import (
     BRAIN_CENTER_MM,
@@ -231,6 +231,8 @@ def install_atlases(cache_dir: Path) -> dict[str, Path]:
     cache_dir : pathlib.Path
         Receives ``templateflow/`` (use as ``TEMPLATEFLOW_HOME``) and ``nilearn_data/`` (use as
         ``NILEARN_DATA`` or ``data_dir=``). Existing files with the same names are replaced.
+        Schaefer-400 is written under the names of every template in
+        :data:`neurossm_app.atlases.SPACES`, as ``neurossm-app-fetch`` fetches it.
 
     Returns
     -------
@@ -252,10 +254,14 @@ def install_atlases(cache_dir: Path) -> dict[str, Path]:
     )
     template_description = json.loads(_data_file(f"tpl-{TEMPLATE}_template_description.json").read_text())
     write_json(tpl_dir / "template_description.json", template_description)
-    for atlas in SCHAEFER_DESCS:
-        volume, table = atlas_files(atlas, tf_home, Path())
-        written[atlas] = write_nifti(volume, volumes.schaefer, affine, xform_code="mni")
-        table.write_bytes(packaged_path(table.name).read_bytes())
+    # Schaefer in every template the participant level reads it from (one synthetic grid, so the
+    # same parcels under each template's names); the first template's files are the returned ones
+    for space in reversed(SPACES):
+        for atlas in SCHAEFER_DESCS:
+            volume, table = atlas_files(atlas, tf_home, Path(), space=space)
+            written[atlas] = write_nifti(volume, volumes.schaefer, affine, xform_code="mni")
+            # TemplateFlow's label tables are the same in both templates; ours is packaged once
+            table.write_bytes(packaged_path(table.name.replace(space, TEMPLATE)).read_bytes())
 
     nilearn_data = Path(cache_dir) / "nilearn_data"
     aal_dir = nilearn_data / "aal_3v2" / "AAL3"
