@@ -110,12 +110,6 @@ def test_other_settings_are_refused_before_anything_is_written(two_atlases, smal
 
 
 def test_dummy_scans_are_part_of_the_configuration(two_atlases, small_dataset, capsys):
-    from dataclasses import fields
-
-    from neurossm_app.config import CleaningSettings
-
-    if "dummy_scans" not in {f.name for f in fields(CleaningSettings)}:
-        pytest.skip("this version has no --dummy-scans")
     before = _files(two_atlases)
     capsys.readouterr()
     assert _call(small_dataset, two_atlases, "--confounds", "36P", "--dummy-scans", "2") == 64
