@@ -92,10 +92,16 @@ def find_confounds_file(bold_file: str | os.PathLike) -> Path | None:
     """The confounds file beside an fMRIPrep BOLD run, found as ``load_confounds`` finds it
     (``desc-confounds_timeseries.tsv`` or the 1.2-20.1 name ``desc-confounds_regressors.tsv``);
     None when there is none."""
+    import inspect
+
     from nilearn.interfaces.fmriprep.load_confounds_utils import get_confounds_file
 
+    # nilearn 0.13 added flag_tedana (tedana's outputs); 0.12 does not take it
+    flags = {"flag_full_aroma": False}
+    if "flag_tedana" in inspect.signature(get_confounds_file).parameters:
+        flags["flag_tedana"] = False
     try:
-        return Path(get_confounds_file(os.fspath(bold_file), flag_full_aroma=False, flag_tedana=False))
+        return Path(get_confounds_file(os.fspath(bold_file), **flags))
     except ValueError as err:
         if str(err).startswith("Could not find"):
             return None
