@@ -64,11 +64,12 @@ def needs_confounds(strategy: str, fd_threshold: float | None, std_dvars_thresho
     return strategy != "none" or fd_threshold is not None or std_dvars_threshold is not None
 
 
-def missing_confounds_error(run: BoldRun, strategy: str) -> InputMissingError:
-    """The error for a run without a confounds file when ``strategy`` (or censoring) needs one."""
-    stem = run.bold.name.split("_space-")[0]
+def missing_confounds_error(bold_file: str | os.PathLike, strategy: str) -> InputMissingError:
+    """The error for a run (its BOLD file) without a confounds file when ``strategy`` (or
+    censoring) needs one."""
+    stem = Path(bold_file).name.split("_space-")[0]
     return InputMissingError(
-        f"confounds file missing for {run.bold}; --confounds {strategy} (or censoring) needs "
+        f"confounds file missing for {os.fspath(bold_file)}; --confounds {strategy} (or censoring) needs "
         f"{stem}_desc-confounds_timeseries.tsv (fMRIPrep 20.2+) or {stem}_desc-confounds_regressors.tsv "
         "(1.2-20.1) beside it, or use --confounds none."
     )

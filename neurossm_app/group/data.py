@@ -126,11 +126,7 @@ class GroupDataset:
             "n_subjects": len(set(self.subjects)),
             "n_scans": len(self.scans),
             "classes": per_class,
-            "volumes": {
-                "min": int(lengths.min()),
-                "median": float(np.median(lengths)),
-                "max": int(lengths.max()),
-            },
+            "volumes": volume_summary(lengths),
             "repetition_time": tr_counts(self.repetition_times),
             "excluded": self.excluded,
             "missing_values": {
@@ -143,6 +139,11 @@ class GroupDataset:
                 "missing_fraction": missing_values / n_cells if n_cells else 0.0,
             },
         }
+
+
+def volume_summary(lengths: np.ndarray) -> dict[str, int | float]:
+    """``min``, ``median`` and ``max`` volumes per scan, as ``summary.json`` records them."""
+    return {"min": int(lengths.min()), "median": float(np.median(lengths)), "max": int(lengths.max())}
 
 
 def find_timeseries(output_dir: Path, atlas_label: str, *selection: Any, **filters: Any) -> list[ScanFile]:

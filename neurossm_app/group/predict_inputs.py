@@ -25,7 +25,13 @@ import numpy as np
 import pandas as pd
 
 from neurossm_app.errors import DataError, InputMissingError
-from neurossm_app.group.data import ScanFile, load_series, normalize_series, select_timeseries
+from neurossm_app.group.data import (
+    ScanFile,
+    load_series,
+    normalize_series,
+    select_timeseries,
+    volume_summary,
+)
 from neurossm_app.group.inputs import check_made_alike, how_made, read_sidecar, repetition_time, tr_counts
 from neurossm_app.group.labels import scan_labels, subject_list
 from neurossm_app.group.trained import TrainedModel
@@ -86,11 +92,7 @@ class NewCohort:
             "classes": classes,
             "n_scans_labelled": len(labelled),
             "labels_from": self.label_source,
-            "volumes": {
-                "min": int(lengths.min()),
-                "median": float(np.median(lengths)),
-                "max": int(lengths.max()),
-            },
+            "volumes": volume_summary(lengths),
             "repetition_time": tr_counts(self.repetition_times),
             "excluded": self.excluded,
         }

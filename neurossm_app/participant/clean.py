@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from neurossm_app.config import CleaningSettings
-from neurossm_app.errors import DataError, InputMissingError, UsageError
+from neurossm_app.errors import DataError, UsageError
 from neurossm_app.participant.confounds import (
     add_expansions,
     check_columns,
@@ -144,13 +144,10 @@ def select_confounds(
         return _selection(None, None, dummies, [], None, n_volumes)
     path = Path(confounds_file) if confounds_file else find_confounds_file(bold_file)
     if path is None or not path.is_file():
-        if kwargs["strategy"]:  # the pre-flight's message (fmriprep.missing_confounds_error)
-            stem = Path(bold_file).name.split("_space-")[0]
-            raise InputMissingError(
-                f"confounds file missing for {os.fspath(bold_file)}; --confounds {settings.strategy} (or "
-                f"censoring) needs {stem}_desc-confounds_timeseries.tsv (fMRIPrep 20.2+) or "
-                f"{stem}_desc-confounds_regressors.tsv (1.2-20.1) beside it, or use --confounds none."
-            )
+        if kwargs["strategy"]:
+            from neurossm_app.fmriprep import missing_confounds_error
+
+            raise missing_confounds_error(bold_file, settings.strategy)
         if log:
             LOGGER.info("%s: no confounds file, so --dummy-scans auto means 0", Path(bold_file).name)
         return _selection(None, None, [], [], None, n_volumes)

@@ -64,6 +64,8 @@ class ExtractRun(SimpleInterface):
             CleaningSettings(**self.inputs.settings),
             runtime.cwd,
             n_threads=self.inputs.n_threads,
+            # the file the run was found with (fmriprep.py), not looked up again beside the BOLD
+            confounds_file=self.inputs.confounds_file if isdefined(self.inputs.confounds_file) else None,
         )
         self._results.update({name: str(path) for name, path in files._asdict().items()})
         return runtime

@@ -48,7 +48,7 @@ def check_run(run: BoldRun, settings: CleaningSettings | None = None) -> None:
         if settings is None or needs_confounds(
             settings.strategy, settings.fd_threshold, settings.std_dvars_threshold
         ):
-            raise missing_confounds_error(run, settings.strategy if settings else "36P")
+            raise missing_confounds_error(run.bold, settings.strategy if settings else "36P")
         n_rows = n_vols
     else:
         with open(run.confounds) as handle:
