@@ -24,7 +24,7 @@ import pandas as pd
 from neurossm_app.bids import TEMPLATE_SPACE
 from neurossm_app.errors import DataError, InputMissingError, UsageError
 from neurossm_app.files import is_present
-from neurossm_app.fmriprep import SPACES
+from neurossm_app.fmriprep import CIFTI_SPACE, SPACES
 
 TEMPLATE = TEMPLATE_SPACE  # the default space; Schaefer is read from the template of the BOLD space
 #: TemplateFlow ``res-`` of the Schaefer volume the participant level reads.
@@ -139,6 +139,12 @@ def atlas_files(
     return [folder / "AAL3v1.nii", folder / "AAL3v1.xml"]
 
 
+def fslr_dlabel_name(desc: str) -> str:
+    """TemplateFlow's fsLR Schaefer-2018 file (``--space fsLR``), e.g.
+    ``tpl-fsLR_atlas-Schaefer2018_den-32k_desc-400Parcels17Networks_dseg.dlabel.nii``."""
+    return f"tpl-{CIFTI_SPACE}_atlas-Schaefer2018_den-32k_desc-{desc}_dseg.dlabel.nii"
+
+
 def packaged_path(name: str) -> Path:
     """Path of a label table shipped in ``neurossm_app/data/atlases/`` (see :func:`packaged_table`)."""
     return Path(str(resources.files("neurossm_app") / "data" / "atlases" / name))
@@ -160,6 +166,8 @@ def roi_names(key: str) -> tuple[str, ...]:
     if key not in ATLASES:
         raise UsageError(f"unknown atlas {key!r}; choose one of {', '.join(ATLASES)}.")
     spec = ATLASES[key]
+    if spec.source == "templateflow" and space == CIFTI_SPACE:  # one dlabel holds image and labels
+        return [Path(templateflow_home) / f"tpl-{space}" / fslr_dlabel_name(spec.desc)]
     if spec.source == "templateflow":
         table = packaged_table(f"tpl-{TEMPLATE}_atlas-Schaefer2018_desc-{spec.desc}_dseg.tsv")
     else:
@@ -209,8 +217,13 @@ def get_atlas(key: str, atlas_dir: str | os.PathLike | None = None, space: str =
     if key not in ATLASES:
         raise UsageError(f"unknown atlas {key!r}; choose one of {', '.join(ATLASES)}.")
     spec = ATLASES[key]
-    if space not in SPACES:
-        raise UsageError(f"unknown space {space!r}; choose one of {', '.join(SPACES)}.")
+    if space not in (*SPACES, CIFTI_SPACE):
+        raise UsageError(f"unknown space {space!r}; choose one of {', '.join((*SPACES, CIFTI_SPACE))}.")
+    if space == CIFTI_SPACE and spec.source != "templateflow":
+        raise UsageError(
+            f"atlas {key} is a volume; --space {CIFTI_SPACE} (CIFTI grayordinates) takes a Schaefer "
+            "atlas (TemplateFlow's fsLR dlabel)."
+        )
     if spec.source == "templateflow":
         return _templateflow_atlas(spec, default_templateflow_home(), space)
     return _nilearn_aal(spec, atlas_dir, space)
@@ -225,6 +238,8 @@ def _fetch_command(spec: AtlasSpec, where: str) -> str:
 
 def _templateflow_atlas(spec: AtlasSpec, home: Path, space: str) -> Atlas:
     """The Schaefer volume and label table of ``space``, read from ``TEMPLATEFLOW_HOME`` by name."""
+    if space == CIFTI_SPACE:
+        return _fslr_atlas(spec, home)
     image, table = atlas_files(spec.key, home, Path(), space=space)
     absent = [p for p in (image, table) if not is_present(p)]
     if absent:
@@ -242,6 +257,20 @@ def _templateflow_atlas(spec: AtlasSpec, home: Path, space: str) -> Atlas:
     keep = indices.astype(int) != 0
     indices, names = tuple(indices[keep].astype(int)), tuple(names[keep].astype(str))
     return Atlas(spec, image, indices, names, space=space, root=home)
+
+
+def _fslr_atlas(spec: AtlasSpec, home: Path) -> Atlas:
+    """The fsLR 32k dlabel of a Schaefer atlas; its label table is the dlabel's own."""
+    from neurossm_app.cifti import dlabel_table
+
+    (image,) = atlas_files(spec.key, home, Path(), space=CIFTI_SPACE)
+    if not is_present(image):
+        raise InputMissingError(
+            f"atlas {image.name} not found in TEMPLATEFLOW_HOME={home}; "
+            f"{_fetch_command(spec, f'--templateflow-home {home}')}."
+        )
+    indices, names = dlabel_table(image)
+    return Atlas(spec, image, indices, names, space=CIFTI_SPACE, root=home)
 
 
 def _nilearn_aal(spec: AtlasSpec, atlas_dir: str | os.PathLike | None, space: str = TEMPLATE) -> Atlas:

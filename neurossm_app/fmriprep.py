@@ -25,6 +25,9 @@ from neurossm_app.errors import DataError, InputMissingError, NoFilesSelectedErr
 
 #: The template spaces the atlases exist in, in the order ``--space`` defaults to.
 SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym")
+#: The CIFTI grayordinates space (``--space fsLR``) and its density: ``space-fsLR_den-91k``.
+CIFTI_SPACE = "fsLR"
+CIFTI_DENSITY = "91k"
 #: ``desc-confounds_<suffix>.tsv``: 20.2 and later, then 1.2 to 20.1.
 CONFOUNDS_SUFFIXES = ("timeseries", "regressors")
 #: ``DatasetLinks`` name of the fMRIPrep dataset in our sidecars' BIDS URIs.
