@@ -1,4 +1,4 @@
-"""Atlas registry: Schaefer2018 400 parcels (TemplateFlow) and AAL3v2 (nilearn).
+"""Atlas registry: Schaefer2018 at every resolution TemplateFlow offers, and AAL3v2 (nilearn).
 
 Atlases are read from the caches the ecosystem's fetchers fill, by their file names there
 (:func:`atlas_files`): TemplateFlow's ``TEMPLATEFLOW_HOME`` and nilearn's data directories
@@ -8,13 +8,16 @@ or ``MNI152NLin6Asym``, :data:`SPACES`); AAL3v2 is defined in MNI (Colin27) spac
 it is in both.
 ``neurossm-app`` never downloads: a missing atlas is one clear error (exit 66) naming the file and
 the ``neurossm-app-fetch`` command that provides it (:mod:`neurossm_app.fetch`, the only place
-that downloads).
+that downloads). Atlases users bring (a label image with its TSV, or a BIDS atlas dataset) are
+read by :mod:`neurossm_app.custom_atlas`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from xml.etree import ElementTree
@@ -37,37 +40,57 @@ class AtlasSpec:
 
     key: str  # the --atlas choice
     bids_label: str  # the atlas-<label> entity of outputs
-    source: str  # "templateflow" or "nilearn"
+    source: str  # "templateflow", "nilearn", "file" (a label image) or "dataset" (a BIDS atlas dataset)
     desc: str | None = None  # TemplateFlow desc entity
     citation: str = ""
 
 
+SCHAEFER_CITATION = (
+    "Schaefer A, et al. (2018). Local-Global Parcellation of the Human Cerebral Cortex from "
+    "Intrinsic Functional Connectivity MRI. Cereb Cortex 28(9):3095-3114."
+)
+#: Parcel counts of the Schaefer-2018 atlases TemplateFlow offers (7 and 17 networks each).
+SCHAEFER_PARCELS = tuple(range(100, 1001, 100))
+
+
+def _schaefer(parcels: int, networks: int) -> AtlasSpec:
+    """``schaefer<N>`` (17 networks) or ``schaefer<N>-7n``: TemplateFlow's ``desc-<N>Parcels<K>Networks``."""
+    key = f"schaefer{parcels}" + ("-7n" if networks == 7 else "")
+    return AtlasSpec(
+        key, f"Schaefer{parcels}n{networks}", "templateflow", f"{parcels}Parcels{networks}Networks",
+        SCHAEFER_CITATION,
+    )  # fmt: skip
+
+
+AAL3V2 = AtlasSpec(
+    "aal3v2",
+    "AAL3v2",
+    "nilearn",
+    None,
+    "Rolls ET, Huang CC, Lin CP, Feng J, Joliot M (2020). Automated anatomical labelling "
+    "atlas 3. NeuroImage 206:116189.",
+)
+#: The atlases of the presets and the container (``neurossm-app-fetch --atlas all``), whose label
+#: tables the package ships (:func:`roi_names`).
+DEFAULT_ATLASES = ("schaefer400", "schaefer400-7n", "aal3v2")
+#: Every ``--atlas`` key: the defaults first, then Schaefer-2018 at every other resolution.
 ATLASES = {
-    "schaefer400": AtlasSpec(
-        "schaefer400",
-        "Schaefer400n17",
-        "templateflow",
-        "400Parcels17Networks",
-        "Schaefer A, et al. (2018). Local-Global Parcellation of the Human Cerebral Cortex from "
-        "Intrinsic Functional Connectivity MRI. Cereb Cortex 28(9):3095-3114.",
-    ),
-    "schaefer400-7n": AtlasSpec(
-        "schaefer400-7n",
-        "Schaefer400n7",
-        "templateflow",
-        "400Parcels7Networks",
-        "Schaefer A, et al. (2018). Local-Global Parcellation of the Human Cerebral Cortex from "
-        "Intrinsic Functional Connectivity MRI. Cereb Cortex 28(9):3095-3114.",
-    ),
-    "aal3v2": AtlasSpec(
-        "aal3v2",
-        "AAL3v2",
-        "nilearn",
-        None,
-        "Rolls ET, Huang CC, Lin CP, Feng J, Joliot M (2020). Automated anatomical labelling "
-        "atlas 3. NeuroImage 206:116189.",
-    ),
+    "schaefer400": _schaefer(400, 17),
+    "schaefer400-7n": _schaefer(400, 7),
+    "aal3v2": AAL3V2,
+    **{
+        spec.key: spec
+        for parcels in SCHAEFER_PARCELS
+        if parcels != 400
+        for spec in (_schaefer(parcels, 17), _schaefer(parcels, 7))
+    },
 }
+
+
+def atlas_label(atlas: str) -> str:
+    """The ``atlas-`` entity of ``atlas``: an :data:`ATLASES` key's label, else ``atlas`` itself
+    (the label of an atlas given as a file or from an atlas dataset)."""
+    return ATLASES[atlas].bids_label if atlas in ATLASES else atlas
 
 
 @dataclass(frozen=True)
@@ -85,6 +108,8 @@ class Atlas:
     names: tuple[str, ...]
     space: str = TEMPLATE
     root: Path | None = None
+    link_name: str | None = None  # the -d name of an atlas dataset (its DatasetLinks name)
+    labels_file: Path | None = None  # the label table the names came from
 
     @property
     def n_rois(self) -> int:
@@ -93,8 +118,28 @@ class Atlas:
 
     @property
     def link(self) -> str:
-        """``DatasetLinks`` name of :attr:`root`: ``templateflow`` or ``nilearn``."""
-        return self.spec.source
+        """``DatasetLinks`` name of :attr:`root`: ``templateflow``, ``nilearn`` or the ``-d`` name
+        of the atlas dataset."""
+        return self.link_name or self.spec.source
+
+    @cached_property
+    def sha256(self) -> str:
+        """SHA-256 of the label image's bytes (read once), for the sidecars."""
+        digest = hashlib.sha256()
+        with open(self.image, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def provenance(self) -> dict[str, str]:
+        """The sidecar fields that say where the atlas came from (besides ``AtlasFile``)."""
+        where = {
+            "templateflow": f"TemplateFlow tpl-{self.space}",
+            "nilearn": "nilearn fetch_atlas_aal(version='3v2')",
+            "dataset": f"BIDS atlas dataset -d {self.link}",
+            "file": "label image given to --atlas",
+        }[self.spec.source]
+        return {"AtlasSource": where, "AtlasSHA256": self.sha256}
 
     @property
     def uri(self) -> str:
@@ -130,6 +175,8 @@ def atlas_files(
         Label volume(s) first, then the label table.
     """
     spec = ATLASES[key]
+    if spec.source == "templateflow" and space == CIFTI_SPACE:  # one dlabel holds image and labels
+        return [Path(templateflow_home) / f"tpl-{space}" / fslr_dlabel_name(spec.desc)]
     if spec.source == "templateflow":
         folder = Path(templateflow_home) / f"tpl-{space}"
         stem = f"atlas-Schaefer2018_desc-{spec.desc}_dseg"
@@ -162,17 +209,23 @@ def packaged_table(name: str) -> pd.DataFrame:
 
 
 def roi_names(key: str) -> tuple[str, ...]:
-    """ROI names of atlas ``key`` in label order, without fetching the atlas."""
-    if key not in ATLASES:
-        raise UsageError(f"unknown atlas {key!r}; choose one of {', '.join(ATLASES)}.")
+    """ROI names of atlas ``key`` (one of :data:`DEFAULT_ATLASES`) in label order, without
+    fetching the atlas."""
+    if key not in DEFAULT_ATLASES:
+        raise UsageError(
+            f"atlas {key!r} has no packaged label table; choose one of {', '.join(DEFAULT_ATLASES)}."
+        )
     spec = ATLASES[key]
-    if spec.source == "templateflow" and space == CIFTI_SPACE:  # one dlabel holds image and labels
-        return [Path(templateflow_home) / f"tpl-{space}" / fslr_dlabel_name(spec.desc)]
     if spec.source == "templateflow":
         table = packaged_table(f"tpl-{TEMPLATE}_atlas-Schaefer2018_desc-{spec.desc}_dseg.tsv")
     else:
         table = packaged_table("aal3v1_regions.tsv")
     return tuple(table.sort_values("index")["name"].astype(str))
+
+
+def atlas_choices() -> str:
+    """The registry keys, shortened for messages: ``schaefer<N>[-7n] (N = 100, ..., 1000), aal3v2``."""
+    return "schaefer<N> or schaefer<N>-7n (N = 100, 200, ..., 1000), aal3v2"
 
 
 def default_templateflow_home() -> Path:
@@ -201,7 +254,7 @@ def get_atlas(key: str, atlas_dir: str | os.PathLike | None = None, space: str =
     Parameters
     ----------
     key
-        ``schaefer400``, ``schaefer400-7n`` or ``aal3v2``.
+        ``schaefer<N>`` (17 networks) or ``schaefer<N>-7n`` (N = 100, 200, ... 1000), or ``aal3v2``.
     atlas_dir
         nilearn data directory for AAL3v2 (default: :func:`nilearn_data_dirs`).
     space

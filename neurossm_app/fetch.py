@@ -6,9 +6,10 @@ cluster without internet, run it once on a login node (or any machine with inter
 
 Where things go:
 
-- Schaefer2018 400 parcels (7 and 17 networks), ``res-01`` and ``res-02`` volumes and the ``.tsv``
-  label tables of both templates the BOLD runs may be in, ``MNI152NLin2009cAsym`` and
-  ``MNI152NLin6Asym``: ``TEMPLATEFLOW_HOME/tpl-<space>/``, through ``templateflow.api.get``.
+- Schaefer2018 (``all``: 400 parcels, 7 and 17 networks; any of 100-1000 parcels by name, e.g.
+  ``schaefer100-7n``), ``res-01`` and ``res-02`` volumes and the ``.tsv`` label tables of both
+  templates the BOLD runs may be in, ``MNI152NLin2009cAsym`` and ``MNI152NLin6Asym``:
+  ``TEMPLATEFLOW_HOME/tpl-<space>/``, through ``templateflow.api.get``.
   TemplateFlow reads ``TEMPLATEFLOW_HOME`` when it is imported, so this module sets the variable
   first and must run as its own process.
 - AAL3v2: ``NILEARN_DATA/aal_3v2/AAL3/AAL3v1.{nii,xml}``, through
@@ -31,7 +32,15 @@ from pathlib import Path
 
 from neurossm_app import __version__
 from neurossm_app.argtypes import BidsAppParser
-from neurossm_app.atlases import ATLASES, SPACES, atlas_files, default_templateflow_home, nilearn_data_dirs
+from neurossm_app.atlases import (
+    ATLASES,
+    DEFAULT_ATLASES,
+    SPACES,
+    atlas_choices,
+    atlas_files,
+    default_templateflow_home,
+    nilearn_data_dirs,
+)
 from neurossm_app.errors import (
     EX_NOINPUT,
     InputMissingError,
@@ -275,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``neurossm-app-fetch`` argument parser; every option is documented in docs/usage.md."""
     parser = BidsAppParser(
         prog=PROG,
-        description="Download the atlases neurossm-app uses (Schaefer2018 400 via TemplateFlow, AAL3v2 via "
+        description="Download the atlases neurossm-app uses (Schaefer2018 via TemplateFlow, AAL3v2 via "
         "nilearn) and optionally Neurosynth into local caches, or check offline that they are there.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -285,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[*ATLASES, "all", "none"],
         default=["all"],
         metavar="ATLAS",
-        help=f"atlases to fetch or check: {', '.join(ATLASES)}, 'all' or 'none'",
+        help=f"atlases to fetch or check: {atlas_choices()}; 'all' ({', '.join(DEFAULT_ATLASES)}: the "
+        "presets' and the container's) or 'none'",
     )
     parser.add_argument(
         "--templateflow-home",
@@ -319,7 +329,7 @@ def _atlas_keys(choices: list[str]) -> list[str]:
     if "none" in choices and len(choices) > 1:
         raise UsageError("--atlas none cannot be combined with other atlases.")
     if "all" in choices:
-        return list(ATLASES)
+        choices = [*choices, *DEFAULT_ATLASES]
     return [key for key in ATLASES if key in choices]  # registry order, no duplicates
 
 

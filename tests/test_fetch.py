@@ -145,7 +145,7 @@ def test_check_neurosynth_files(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--atlas", "schaefer100"], "invalid choice"), (["--atlas", "none", "aal3v2"], "cannot be combined")],
+    [(["--atlas", "schaefer150"], "invalid choice"), (["--atlas", "none", "aal3v2"], "cannot be combined")],
 )
 def test_usage_errors_exit_64_with_one_line(args, message, capsys):
     try:

@@ -48,7 +48,20 @@ def group_settings_from_options(opts: argparse.Namespace):
     from neurossm_app.group.presets import resolve_settings
 
     overrides = {name: getattr(opts, name, None) for name in _OVERRIDES}
+    overrides["atlas"] = group_atlas(opts)
     return resolve_settings(opts.preset, overrides)
+
+
+def group_atlas(opts: argparse.Namespace) -> str:
+    """``--atlas`` (or ``--atlas-label``) among the atlases of OUTPUT_DIR, else the preset's or the
+    only one there (:func:`~neurossm_app.group.atlas_choice.choose_atlas`)."""
+    from neurossm_app.group.atlas_choice import choose_atlas, present_atlases
+    from neurossm_app.group.presets import DEFAULT_PRESET, load_presets
+
+    preset = load_presets().get(opts.preset or DEFAULT_PRESET, {})
+    requested = getattr(opts, "atlas_label", None) or opts.atlas
+    default = preset.get("atlas", "schaefer400")
+    return choose_atlas(requested, default, present_atlases(opts.output_dir), opts.output_dir)
 
 
 def run_group(opts: argparse.Namespace) -> None:

@@ -154,14 +154,32 @@ def _add_resource_options(perf: argparse._ArgumentGroup) -> None:
     )
 
 
+def _atlas_label(value: str) -> str:
+    """``--atlas-label``: a BIDS label (letters and digits)."""
+    if not value or not all(ch.isascii() and ch.isalnum() for ch in value):
+        raise argparse.ArgumentTypeError(f"expected letters and digits only (a BIDS label), got {value!r}")
+    return value
+
+
 def _add_atlas_options(part: argparse._ArgumentGroup) -> None:
-    from neurossm_app.atlases import ATLASES, SPACES
+    from neurossm_app.atlases import SPACES, atlas_choices
 
     part.add_argument(
         "--atlas",
-        choices=list(ATLASES),
         default=None,
-        help="parcellation (default schaefer400, or the preset's atlas at group level)",
+        metavar="ATLAS",
+        help=f"parcellation: {atlas_choices()}; a label image (.nii.gz with a .tsv of index and "
+        "name beside it); or an atlas label of a BIDS atlas dataset given with -d atlases=PATH. "
+        "Group level: which of the atlases in OUTPUT_DIR (default schaefer400 at participant "
+        "level; at group level the preset's atlas, else the only one present)",
+    )
+    part.add_argument(
+        "--atlas-label",
+        type=_atlas_label,
+        default=None,
+        metavar="LABEL",
+        help="atlas-<LABEL> of the outputs (default: the atlas's own, or for a custom atlas its "
+        "atlas- entity, else its file name's letters and digits)",
     )
     part.add_argument(
         "--space",

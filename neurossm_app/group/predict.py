@@ -185,11 +185,11 @@ def check_request(request: PredictRequest) -> None:
 
 def check_atlas_option(atlas: str | None, trained: TrainedModel) -> None:
     """``--atlas``, when given, must be the model's atlas (the model reads only its ROIs)."""
-    from neurossm_app.atlases import ATLASES
+    from neurossm_app.group.atlas_choice import requested_label
 
-    if atlas is not None and ATLASES[atlas].bids_label != trained.atlas_label:
+    if atlas is not None and requested_label(atlas) != trained.atlas_label:
         raise DataError(
-            f"--atlas {atlas} ({ATLASES[atlas].bids_label}) is another atlas than the model's "
+            f"--atlas {atlas} ({requested_label(atlas)}) is another atlas than the model's "
             f"({trained.atlas_label}, --atlas {trained.record['atlas']}); drop --atlas: the model's applies."
         )
 

@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from neurossm_app.atlases import ATLASES
+from neurossm_app import atlases
 from neurossm_app.errors import UsageError
 from neurossm_app.group.aggregate import aggregate_units
 from neurossm_app.group.checkpoints import read_checkpoint_info
@@ -149,7 +149,7 @@ def load_inputs(
         :func:`~neurossm_app.group.inputs.input_record`, for ``config.json``, ``summary.json``
         and the report.
     """
-    atlas_label = ATLASES[settings.atlas].bids_label
+    atlas_label = atlases.atlas_label(settings.atlas)
     selection = select_timeseries(
         output_dir,
         atlas_label,

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from neurossm_app.atlases import ATLASES
+from neurossm_app.atlases import atlas_label
 from neurossm_app.errors import DataError, OutputError, UsageError
 from neurossm_app.files import write_json
 from neurossm_app.group.data import NORMALIZATION
@@ -167,7 +167,7 @@ def save_config(
         {
             "settings": settings.result_fields(),
             "runtime": {"device": settings.device, "omp_nthreads": settings.omp_nthreads},
-            "atlas_label": ATLASES[settings.atlas].bids_label,
+            "atlas_label": atlas_label(settings.atlas),
             "normalization": NORMALIZATION,
             "training": TRAINING_DETAILS,
             "dataset": dataset_summary,

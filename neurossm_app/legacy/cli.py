@@ -94,7 +94,7 @@ def _add_label_options(labels: argparse._ArgumentGroup) -> None:
 
 
 def _add_reading_options(reading: argparse._ArgumentGroup) -> None:
-    from neurossm_app.atlases import ATLASES
+    from neurossm_app.atlases import DEFAULT_ATLASES
     from neurossm_app.legacy.convert import DEFAULT_ATLAS, LAYOUTS
 
     reading.add_argument(
@@ -105,7 +105,7 @@ def _add_reading_options(reading: argparse._ArgumentGroup) -> None:
     )
     reading.add_argument(
         "--atlas",
-        choices=list(ATLASES),
+        choices=list(DEFAULT_ATLASES),  # the atlases whose label tables the package ships
         help="atlas of the ROI columns (default: "
         + ", ".join(f"{p}: {a}" for p, a in DEFAULT_ATLAS.items())
         + "); use the same --atlas at group level if you change it",

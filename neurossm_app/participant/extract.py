@@ -187,14 +187,19 @@ def run_sidecar(
     settings: CleaningSettings,
     clean_metadata: dict[str, Any],
     sources: list[str],
+    atlas_provenance: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The ``_timeseries.json`` contract: enough to reproduce the numbers with nilearn alone."""
+    """The ``_timeseries.json`` contract: enough to reproduce the numbers with nilearn alone.
+
+    ``atlas_provenance`` (:meth:`neurossm_app.atlases.Atlas.provenance`) says where the atlas came
+    from and gives its SHA-256, after ``AtlasFile``."""
     return {
         "Description": "Mean BOLD signal per atlas ROI within the brain mask, denoised with "
         "nilearn.signal.clean; columns are ROIs, rows are volumes, n/a marks missing values.",
         "RepetitionTime": repetition_time,
         "Atlas": atlas_label,
         "AtlasFile": os.fspath(atlas_file),
+        **(atlas_provenance or {}),
         "Strategy": "mean",
         "Precision": "float64",
         "ConfoundStrategy": settings.strategy,

@@ -76,6 +76,7 @@ class _DerivativesSinkInputSpec(BaseInterfaceInputSpec):
     entities = traits.Dict(mandatory=True, desc="run entities (subject, session, task, run, ...)")
     atlas_label = traits.Str(mandatory=True, desc="atlas-<label> entity")
     atlas_file = traits.Str(mandatory=True, hash_files=False, desc="atlas file, for provenance")
+    atlas_provenance = traits.Dict(desc="AtlasSource and AtlasSHA256 sidecar fields")
     repetition_time = traits.Float(mandatory=True, desc="seconds per volume")
     settings = traits.Dict(mandatory=True, desc="CleaningSettings as a dict")
     clean_file = File(exists=True, mandatory=True, desc="denoised parcel signals")

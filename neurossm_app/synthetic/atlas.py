@@ -269,3 +269,57 @@ def install_atlases(cache_dir: Path) -> dict[str, Path]:
     written["aal3v2"] = write_nifti(aal_dir / "AAL3v1.nii", volumes.aal, affine, xform_code="mni")
     (aal_dir / "AAL3v1.xml").write_text(_aal_xml(aal_names()), encoding="ISO-8859-1")
     return written
+
+
+#: ``atlas-`` label of the custom-atlas example (:func:`write_custom_atlas`).
+CUSTOM_ATLAS_LABEL = "Synth100"
+
+
+def write_custom_atlas(root: Path, label: str = CUSTOM_ATLAS_LABEL) -> dict[str, Path]:
+    """A 100-parcel atlas as a user would bring it: a BIDS atlas dataset at ``root``.
+
+    The parcels are the synthetic Schaefer-400 parcels merged four by four in their label order
+    (50 per hemisphere, posterior to anterior), so an effect planted in Schaefer parcels is
+    carried by theirs. Written in the bids-examples ``atlas-*`` layout, once per template of
+    :data:`neurossm_app.atlases.SPACES`::
+
+        root/dataset_description.json                              (DatasetType atlas)
+        root/atlas-<label>_description.json
+        root/tpl-<space>/anat/tpl-<space>_atlas-<label>_res-2_dseg.nii.gz (+ .json)
+        root/tpl-<space>/anat/tpl-<space>_atlas-<label>_dseg.tsv   (index, name)
+
+    Use it as ``-d atlases=root --atlas <label>``, or give one image to ``--atlas`` (its table is
+    found without the ``res-`` entity).
+
+    Returns
+    -------
+    dict of str to pathlib.Path
+        ``root`` and one image per template (keyed by the template name).
+    """
+    volumes = build_atlas_volumes()
+    parcels = np.where(volumes.schaefer > 0, (volumes.schaefer.astype(np.int16) - 1) // 4 + 1, 0)
+    sides = ["LH"] * 50 + ["RH"] * 50
+    table = pd.DataFrame(
+        {"index": np.arange(1, 101), "name": [f"{label}_{s}_{i % 50 + 1}" for i, s in enumerate(sides)]}
+    )
+    root = Path(root)
+    write_json(
+        root / "dataset_description.json",
+        {"Name": f"{label}: synthetic 100-parcel atlas (neurossm-synth)", "BIDSVersion": "1.10.0",
+         "DatasetType": "atlas"},
+    )  # fmt: skip
+    write_json(
+        root / f"atlas-{label}_description.json",
+        {"Name": label, "Description": "synthetic Schaefer-400 parcels merged four by four",
+         "License": "CC0"},
+    )  # fmt: skip
+    written = {"root": root}
+    for space in SPACES:
+        folder = root / f"tpl-{space}" / "anat"
+        stem = f"tpl-{space}_atlas-{label}"
+        written[space] = write_nifti(
+            folder / f"{stem}_res-2_dseg.nii.gz", parcels.astype(np.int16), volumes.grid.affine
+        )
+        write_json(folder / f"{stem}_res-2_dseg.json", {"Type": "dseg", "SpatialReference": space})
+        folder.joinpath(f"{stem}_dseg.tsv").write_text(table.to_csv(sep="\t", index=False))
+    return written

@@ -60,6 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
         "look like a TemplateFlow entity (atlas-*, res-*, desc-*, ...)",
     )
     other.add_argument(
+        "--custom-atlas",
+        "--custom_atlas",
+        dest="custom_atlas",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write a custom-atlas example: a BIDS atlas dataset in DIR with a 100-parcel atlas "
+        "(atlas-Synth100, a label NIfTI and its index/name TSV per template), for "
+        "-d atlases=DIR --atlas Synth100",
+    )
+    other.add_argument(
         "--force", action="store_true", help="replace OUT_DIR if it is a previous neurossm-synth dataset"
     )
     return parser
@@ -96,4 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     print("atlases (set before starting Python):")
     print(f"  export TEMPLATEFLOW_HOME={cache / 'templateflow'}")
     print(f"  export NILEARN_DATA={cache / 'nilearn_data'}")
+    if options.custom_atlas is not None:
+        from neurossm_app.synthetic.atlas import CUSTOM_ATLAS_LABEL, write_custom_atlas
+
+        try:
+            root = write_custom_atlas(options.custom_atlas.absolute())["root"]
+        except OSError as error:
+            where = options.custom_atlas
+            sys.stderr.write(f"neurossm-synth: error: cannot write --custom-atlas {where}: {error}\n")
+            return 73
+        print(f"custom atlas (100 parcels): -d atlases={root} --atlas {CUSTOM_ATLAS_LABEL}")
     return 0

@@ -167,7 +167,7 @@ def write_analysis(
     class_terms, grid = inputs.class_terms, inputs.grid
     means = class_means(records, len(classes), options.cpa_subjects)
     warn_classes_without_mean(classes, means, options.cpa_subjects)
-    atlas_label = ATLASES[settings.atlas].bids_label
+    atlas_label = ATLASES[settings.atlas].bids_label if settings.atlas in ATLASES else settings.atlas
     cpa_dir, maps_dir = run_dir / "cpa", run_dir / "maps"
     pathway_names = records[0]["pathway_names"]
     write_class_means(cpa_dir, atlas_label, classes, means, pathway_names, roi_names)
