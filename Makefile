@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 
-.PHONY: venv demo test test-min lint clean
+.PHONY: venv demo demo-hcp test test-min lint clean
 
 venv: $(STAMP)
 
@@ -29,11 +29,19 @@ test: $(STAMP)
 test-min:
 	PYTHON=$(PYTHON) bash scripts/min-versions.sh build/venv-min
 
+# The custom-atlas example: a 100-parcel BIDS atlas dataset through both levels (docs/usage.md).
+demo-atlas: $(STAMP)
+	NIPYPE_NO_ET=1 PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo_custom_atlas.sh $(DEMO_DIR)/custom-atlas
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 demo: $(STAMP)
 	NIPYPE_NO_ET=1 PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo.sh $(DEMO_DIR)
 
+# The same for HCP-YA's layout (--input-type hcp), volumes and fsLR grayordinates (docs/usage.md).
+demo-hcp: $(STAMP)
+	NIPYPE_NO_ET=1 PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo_hcp.sh $(DEMO_DIR)-hcp
+
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache build/venv-min
+	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_DIR)-hcp .pytest_cache build/venv-min

@@ -32,12 +32,13 @@ _ENTITY_KEYS = {
     "run": "run",
     "echo": "echo",
     "space": "space",
+    "density": "den",
     "atlas": "atlas",
     "label": "label",
     "stat": "stat",
     "desc": "desc",
 }
-_OUTPUT_ORDER = (*RUN_ENTITIES, "space", "atlas", "label", "stat", "desc")
+_OUTPUT_ORDER = (*RUN_ENTITIES, "space", "density", "atlas", "label", "stat", "desc")
 
 
 def pybids_config() -> list[str]:

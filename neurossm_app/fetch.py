@@ -50,6 +50,7 @@ from neurossm_app.errors import (
     run_reporting_errors,
 )
 from neurossm_app.files import is_present
+from neurossm_app.fmriprep import CIFTI_SPACE
 
 PROG = "neurossm-app-fetch"
 LOGGER = logging.getLogger("neurossm_app.fetch")
@@ -97,12 +98,14 @@ def _set_templateflow_home(home: Path) -> None:
 
 def schaefer_files(key: str, templateflow_home: Path) -> list[Path]:
     """Every file of one Schaefer2018 atlas that :func:`fetch_schaefer` provides: both
-    resolutions and the label table, in each template of :data:`~neurossm_app.atlases.SPACES`."""
-    return [
+    resolutions and the label table, in each template of :data:`~neurossm_app.atlases.SPACES`,
+    then the fsLR 32k dlabel (``--space fsLR``)."""
+    volumes = [
         path
         for space in SPACES
         for path in atlas_files(key, templateflow_home, Path(), SCHAEFER_RESOLUTIONS, space)
     ]
+    return [*volumes, *atlas_files(key, templateflow_home, Path(), space=CIFTI_SPACE)]
 
 
 def fetch_schaefer(key: str, templateflow_home: Path) -> list[Path]:
@@ -118,6 +121,7 @@ def fetch_schaefer(key: str, templateflow_home: Path) -> list[Path]:
             for res in SCHAEFER_RESOLUTIONS:
                 tflow.get(space, resolution=res, extension=".nii.gz", **query)
             tflow.get(space, extension=".tsv", **query)
+        tflow.get(CIFTI_SPACE, density="32k", extension=".dlabel.nii", **query)  # for --space fsLR
     except OSError as err:
         raise OutputError(f"cannot write to TEMPLATEFLOW_HOME={templateflow_home}: {err}.") from None
     except Exception as err:  # noqa: BLE001 - requests, RuntimeError from templateflow, ...
@@ -226,7 +230,8 @@ def check(
     problems = []
     resolvable = []
     for key in keys:
-        spaces = SPACES if ATLASES[key].source == "templateflow" else SPACES[:1]  # AAL3v2: one file for both
+        # Schaefer: both templates and the fsLR dlabel; AAL3v2: one file for both templates
+        spaces = (*SPACES, CIFTI_SPACE) if ATLASES[key].source == "templateflow" else SPACES[:1]
         wanted = [
             p for space in spaces for p in atlas_files(key, templateflow_home, nilearn_data, space=space)
         ]
@@ -247,7 +252,7 @@ def check(
     if any(ATLASES[key].source == "templateflow" for key in resolvable):
         _set_templateflow_home(templateflow_home)  # get_atlas reads TEMPLATEFLOW_HOME, as the app does
     for key in resolvable:
-        spaces = SPACES if ATLASES[key].source == "templateflow" else SPACES[:1]
+        spaces = (*SPACES, CIFTI_SPACE) if ATLASES[key].source == "templateflow" else SPACES[:1]
         problems += [line for space in spaces if (line := _check_resolves(key, nilearn_data, space))]
 
     if neurosynth is not None:

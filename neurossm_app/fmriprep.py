@@ -41,15 +41,24 @@ class BoldRun:
     ``confounds`` is ``None`` when fMRIPrep's confounds file is absent (fine with
     ``--confounds none``, see :func:`missing_confounds_error`). ``sources`` are the BIDS URIs
     (``bids:fmriprep:sub-01/func/...``) of the BOLD, mask and confounds files.
+    A CIFTI run (``space`` :data:`CIFTI_SPACE`; outputs ``space-fsLR_den-91k``) has a
+    ``.dtseries.nii`` as ``bold`` and no ``mask`` (``None``). ``metadata`` goes into the run's
+    output sidecar as it is (e.g. where the TR was read, for inputs without a sidecar).
     """
 
     bold: Path
-    mask: Path
+    mask: Path | None
     confounds: Path | None
     repetition_time: float
     entities: dict[str, Any] = field(hash=False)
     space: str = TEMPLATE_SPACE
     sources: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def is_cifti(self) -> bool:
+        """Whether the run is a CIFTI dtseries (parcellated over grayordinates)."""
+        return self.space == CIFTI_SPACE
 
     @property
     def name(self) -> str:
@@ -159,10 +168,14 @@ def collect_bold_runs(
     """
     files = _indexed_files(fmriprep_dir, database_dir)
     query = _bold_query(files, fmriprep_dir, participant_labels, session_labels, task_ids, bids_filters)
+    if space == CIFTI_SPACE:  # fMRIPrep --cifti-output: space-fsLR_den-91k_bold.dtseries.nii, no desc
+        query.update(desc=None, space=CIFTI_SPACE, den=CIFTI_DENSITY, extension=".dtseries.nii")
     selected = [f for f in files if _matches(f.entities, query)]
     if not selected:
-        raise _no_files("preprocessed BOLD runs", query, fmriprep_dir)
-    space = _choose_space(selected, space, fmriprep_dir)
+        cifti = "CIFTI runs (fMRIPrep --cifti-output 91k)"
+        what = cifti if space == CIFTI_SPACE else "preprocessed BOLD runs"
+        raise _no_files(what, query, fmriprep_dir)
+    space = space if space == CIFTI_SPACE else _choose_space(selected, space, fmriprep_dir)
     bolds = _one_resolution_per_run([f for f in selected if f.entities.get("space") == space])
     masks = [
         f for f in files if _matches(f.entities, {"datatype": "func", "desc": "brain", "suffix": "mask"})
@@ -202,7 +215,7 @@ def _indexed_files(fmriprep_dir: Path, database_dir: Path | None) -> list[_File]
     # suffix and extension come from the file name itself, so pybids' own filter is safe here
     paths = layout.get(
         suffix=["bold", "mask", *CONFOUNDS_SUFFIXES],
-        extension=[".nii.gz", ".nii", ".tsv"],
+        extension=[".nii.gz", ".nii", ".tsv", ".dtseries.nii"],
         return_type="filename",
     )
     entities = _entity_patterns()
@@ -327,12 +340,12 @@ def _bold_run(bold: _File, masks: list[_File], confounds: list[_File], space: st
     pass for all runs, not two queries per run).
     """
     ents = run_entities(bold.entities)
-    mask = _brain_mask(bold, ents, masks)
+    mask = None if space == CIFTI_SPACE else _brain_mask(bold, ents, masks)
     found = [f for f in confounds if _matches(f.entities, _of_run(ents))]
     # the 20.2+ name first, should a folder hold both
     found.sort(key=lambda f: CONFOUNDS_SUFFIXES.index(str(f.entities["suffix"])))
     confounds_file = found[0].path if found else None
-    sources = [bold.path, mask] + ([confounds_file] if confounds_file else [])
+    sources = [p for p in (bold.path, mask, confounds_file) if p is not None]
     return BoldRun(
         bold=bold.path,
         mask=mask,

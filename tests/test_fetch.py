@@ -67,14 +67,15 @@ def test_check_passes_on_synthetic_cache_from_the_environment(synthetic_cache):
     )
     assert result.returncode == 0, result.stderr
     ok = [line for line in result.stdout.splitlines() if line.startswith("ok: ")]
-    # Schaefer in both templates the BOLD runs may be in, AAL3v2 once (one file for both)
+    # Schaefer in both templates the BOLD runs may be in and as the fsLR dlabel, AAL3v2 once
     assert [line.split(":")[1].strip() for line in ok] == [
-        *["schaefer400"] * 2,
-        *["schaefer400-7n"] * 2,
+        *["schaefer400"] * 3,
+        *["schaefer400-7n"] * 3,
         "aal3v2",
     ]
     assert "tpl-MNI152NLin2009cAsym" in ok[0] and "tpl-MNI152NLin6Asym" in ok[1]
-    assert "400 regions" in ok[0] and "166 regions" in ok[4]
+    assert "tpl-fsLR_atlas-Schaefer2018_den-32k" in ok[2] and "400 regions" in ok[2]
+    assert "400 regions" in ok[0] and "166 regions" in ok[6]
     assert "Traceback" not in result.stderr
     assert _listing(synthetic_cache) == before, "--check must not write into the caches"
 
@@ -91,8 +92,9 @@ def test_check_fails_with_66_and_one_line_per_missing_file(tmp_path):
     )
     assert result.returncode == EX_NOINPUT == 66
     lines = result.stderr.strip().splitlines()
-    # res-02 volume + label table for each Schaefer atlas in each template, volume + XML for AAL3v2
-    assert len(lines) == 10, result.stderr
+    # res-02 volume + label table for each Schaefer atlas in each template, its fsLR dlabel, volume +
+    # XML for AAL3v2
+    assert len(lines) == 12, result.stderr
     assert sum("tpl-MNI152NLin6Asym_res-02_atlas-Schaefer2018" in line for line in lines) == 2
     assert all(line.startswith("neurossm-app-fetch: missing: ") for line in lines)
     schaefer = next(line for line in lines if "schaefer400:" in line)
@@ -109,7 +111,7 @@ def test_check_only_the_requested_atlas(synthetic_cache, tmp_path, capsys):
     templateflow, nilearn_data = tmp_path / "templateflow", synthetic_cache / "nilearn_data"
     assert fetch.check(["aal3v2"], templateflow, nilearn_data) == []
     problems = fetch.check(["schaefer400", "schaefer400-7n", "aal3v2"], templateflow, nilearn_data)
-    assert len(problems) == 8 and all(p.startswith("missing: schaefer400") for p in problems)
+    assert len(problems) == 10 and all(p.startswith("missing: schaefer400") for p in problems)
     assert capsys.readouterr().out.count("ok: aal3v2: 166 regions") == 2
 
 
@@ -124,7 +126,8 @@ def test_empty_placeholders_count_as_missing(synthetic_cache, tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
     problems = fetch.check(["schaefer400"], tmp_path / "tf", tmp_path / "nl")
-    assert len(problems) == 4 and all(p.startswith("missing: schaefer400: ") for p in problems)
+    # the four placeholders, and the fsLR dlabel that is not there at all
+    assert len(problems) == 5 and all(p.startswith("missing: schaefer400: ") for p in problems)
 
 
 def test_check_neurosynth_files(tmp_path, capsys):
@@ -180,7 +183,8 @@ def fake_templateflow(monkeypatch):
             raise state["fail"]
         home = Path(os.environ["TEMPLATEFLOW_HOME"])
         res = f"_res-{query['resolution']:02d}" if "resolution" in query else ""
-        entities = f"atlas-{query['atlas']}_desc-{query['desc']}_{query['suffix']}{query['extension']}"
+        den = f"_den-{query['density']}" if "density" in query else ""
+        entities = f"atlas-{query['atlas']}{den}_desc-{query['desc']}_{query['suffix']}{query['extension']}"
         name = f"tpl-{template}{res}_{entities}"
         path = home / f"tpl-{template}" / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,6 +218,8 @@ def test_fetch_schaefer_gets_both_resolutions_and_the_table(fake_templateflow, t
     assert sorted(tables) == ["MNI152NLin2009cAsym", "MNI152NLin6Asym"]
     assert all(c["atlas"] == "Schaefer2018" and c["desc"] == "400Parcels7Networks" for c in calls)
     assert [c for c in calls if c["extension"] == ".tsv" and "resolution" not in c]
+    dlabels = [c for c in calls if c["extension"] == ".dlabel.nii"]  # for --space fsLR
+    assert [(c["template"], c["density"]) for c in dlabels] == [("fsLR", "32k")]
     out = capsys.readouterr().out
     assert out.startswith("fetched: schaefer400-7n: ") and "res-01" in out and "res-02" in out
 

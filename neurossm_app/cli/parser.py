@@ -108,6 +108,13 @@ def _add_selection_options(sel: argparse._ArgumentGroup) -> None:
         help="derivative datasets; fmriprep=PATH (default BIDS_DIR/derivatives/fmriprep)",
     )
     sel.add_argument(
+        "--input-type",
+        choices=["fmriprep", "hcp"],
+        default="fmriprep",
+        help="layout of the preprocessed data: fmriprep (BIDS derivatives) or hcp (HCP-YA minimal "
+        "preprocessing, <subject>/MNINonLinear/Results/<run>; BIDS_DIR or -d hcp=PATH is that folder)",
+    )
+    sel.add_argument(
         "--participants-tsv",
         type=abs_path,
         metavar="FILE",
@@ -183,10 +190,12 @@ def _add_atlas_options(part: argparse._ArgumentGroup) -> None:
     )
     part.add_argument(
         "--space",
-        choices=list(SPACES),
+        choices=[*SPACES, "fsLR"],
         default=None,
         help="template space of the fMRIPrep BOLD runs to read, and of the Schaefer atlas "
-        f"(default: the first of {' and '.join(SPACES)} that the selected runs have)",
+        f"(default: the first of {' and '.join(SPACES)} that the selected runs have; with "
+        "--input-type hcp MNI152NLin6Asym); fsLR: the 91k grayordinates (dtseries), parcellated "
+        "with TemplateFlow's fsLR Schaefer dlabel",
     )
     part.add_argument(
         "--atlas-dir",

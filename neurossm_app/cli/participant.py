@@ -41,7 +41,9 @@ def run_participant(opts: argparse.Namespace) -> None:
     settings = _cleaning_settings(opts)
     # The validator (a separate process, about a second) checks BIDS_DIR while pybids indexes
     # the derivatives and the runs are checked; its verdict is still the first one reported.
-    validation = None if opts.skip_bids_validation else start_validation(opts.bids_dir)
+    # HCP's own layout is not BIDS: nothing for the validator to check (XCP-D does not either)
+    skip_validation = opts.skip_bids_validation or opts.input_type == "hcp"
+    validation = None if skip_validation else start_validation(opts.bids_dir)
     try:
         runs, failures, atlas = _select_runs(opts, settings)
     finally:
@@ -104,19 +106,21 @@ def _select_runs(opts: argparse.Namespace, settings):
     from neurossm_app.fmriprep import collect_bold_runs, find_fmriprep_dir, load_filter_file
     from neurossm_app.participant.preflight import check_run
 
-    fmriprep_dir = find_fmriprep_dir(opts.bids_dir, opts.derivatives)
-    runs = collect_bold_runs(
-        fmriprep_dir,
-        participant_labels=opts.participant_label,
-        session_labels=opts.session_label,
-        task_ids=opts.task_id,
-        bids_filters=load_filter_file(opts.bids_filter_file),
-        database_dir=opts.bids_database_dir,
-        space=opts.space,
-        link=_fmriprep_link(opts.output_dir, fmriprep_dir),
-    )
     failures: dict[str, NeurossmError] = {}
+    selection = _selection(opts, load_filter_file(opts.bids_filter_file))
+    if opts.input_type == "hcp":
+        runs, failures = _hcp_runs(opts, settings, selection)
+    else:
+        fmriprep_dir = find_fmriprep_dir(opts.bids_dir, opts.derivatives)
+        runs = collect_bold_runs(
+            fmriprep_dir,
+            **selection,
+            database_dir=opts.bids_database_dir,
+            link=_fmriprep_link(opts.output_dir, fmriprep_dir),
+        )
     for run in runs:
+        if run.name in failures:  # an HCP run whose confounds could not be made
+            continue
         try:
             check_run(run, settings)
         except NeurossmError as err:
@@ -139,12 +143,52 @@ def _fmriprep_link(output_dir: Path, fmriprep_dir: Path) -> str:
     return free_link_name(output_dir, FMRIPREP_LINK, fmriprep_dir)
 
 
+def _selection(opts: argparse.Namespace, bids_filters: dict) -> dict:
+    """The options that select runs (with the ``--bids-filter-file``'s filters), as
+    :func:`~neurossm_app.fmriprep.collect_bold_runs` and :func:`~neurossm_app.hcp.collect_hcp_runs`
+    take them."""
+    return {
+        "participant_labels": opts.participant_label,
+        "session_labels": opts.session_label,
+        "task_ids": opts.task_id,
+        "bids_filters": bids_filters,
+        "space": opts.space,
+    }
+
+
+def _hcp_runs(opts: argparse.Namespace, settings, selection: dict):
+    """The HCP-YA runs (``--input-type hcp``) that ``selection`` (:func:`_selection`) selects, with
+    their confounds tables made (or reused) under ``-w``, and the runs whose table could not be
+    made (run name -> error)."""
+    from neurossm_app.bids import free_link_name
+    from neurossm_app.hcp import (
+        HCP_LINK,
+        add_hcp_confounds,
+        check_hcp_settings,
+        collect_hcp_runs,
+        find_hcp_dir,
+    )
+
+    check_hcp_settings(settings.strategy, settings.std_dvars_threshold)
+    hcp_dir = find_hcp_dir(opts.bids_dir, opts.derivatives)
+    runs = collect_hcp_runs(hcp_dir, **selection, link=free_link_name(opts.output_dir, HCP_LINK, hcp_dir))
+    folder = opts.work_dir / f"neurossm_{__version__.replace('.', '_')}" / "hcp_confounds"
+    return add_hcp_confounds(runs, folder, settings.strategy, opts.nprocs)
+
+
 def _dataset_links(opts: argparse.Namespace, output_dir: Path, atlas) -> dict[str, Path]:
     """The datasets the sidecars' BIDS URIs point into: fMRIPrep's and the atlas cache."""
     from neurossm_app.fmriprep import find_fmriprep_dir
 
-    fmriprep_dir = find_fmriprep_dir(opts.bids_dir, opts.derivatives)
-    links = {_fmriprep_link(output_dir, fmriprep_dir): fmriprep_dir}
+    if opts.input_type == "hcp":
+        from neurossm_app.bids import free_link_name
+        from neurossm_app.hcp import HCP_LINK, find_hcp_dir
+
+        hcp_dir = find_hcp_dir(opts.bids_dir, opts.derivatives)
+        links = {free_link_name(output_dir, HCP_LINK, hcp_dir): hcp_dir}
+    else:
+        fmriprep_dir = find_fmriprep_dir(opts.bids_dir, opts.derivatives)
+        links = {_fmriprep_link(output_dir, fmriprep_dir): fmriprep_dir}
     if atlas.root is not None:
         links[atlas.link] = atlas.root
     return links

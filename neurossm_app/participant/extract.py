@@ -18,6 +18,7 @@ from neurossm_app.bids import TEMPLATE_SPACE, build_path
 from neurossm_app.config import CleaningSettings
 from neurossm_app.errors import DataError
 from neurossm_app.files import copy_atomic, write_atomic, write_json, write_tsv
+from neurossm_app.fmriprep import CIFTI_DENSITY, CIFTI_SPACE
 from neurossm_app.participant.clean import check_degrees_of_freedom, clean_signals, select_confounds
 from neurossm_app.participant.confounds import EXPANSION_RULE, NAN_FILL_RULE
 from neurossm_app.participant.parcellate import parcel_means
@@ -89,6 +90,24 @@ def extract_run(
     mask = load_mask(mask_file, bold_file)
     labels = np.asarray(nib.load(os.fspath(atlas_on_bold)).dataobj)
     signals, coverage = parcel_means(bold_file, labels, mask, np.asarray(indices), n_threads=n_threads)
+    return finish_run(
+        out_dir, atlas_on_bold, signals, coverage, names, bold_file, repetition_time, settings, confounds_file
+    )
+
+
+def finish_run(
+    out_dir: Path,
+    atlas_file: Path,
+    signals: np.ndarray,
+    coverage: np.ndarray,
+    names: list[str],
+    bold_file: str | os.PathLike,
+    repetition_time: float,
+    settings: CleaningSettings,
+    confounds_file: str | os.PathLike | None,
+) -> RunFiles:
+    """Clean one run's (T, R) parcel means (:func:`clean_run`) and write the :class:`RunFiles`
+    (volumetric runs and CIFTI runs alike)."""
     raw = write_atomic(out_dir / "raw_timeseries.npy", lambda tmp: np.save(tmp, signals))
     cov = write_tsv(out_dir / "coverage.tsv", pd.DataFrame({"roi": names, "coverage": coverage}))
     cleaned, metadata = clean_run(
@@ -96,7 +115,7 @@ def extract_run(
     )
     clean = write_tsv(out_dir / "clean_timeseries.tsv", pd.DataFrame(cleaned, columns=names))
     meta = write_json(out_dir / "clean_metadata.json", metadata)
-    return RunFiles(atlas_on_bold, raw, cov, clean, meta)
+    return RunFiles(atlas_file, raw, cov, clean, meta)
 
 
 def clean_run(
@@ -245,6 +264,8 @@ def write_run_outputs(
     The sidecar is written last so its presence marks the run as complete.
     """
     base = {"space": TEMPLATE_SPACE, **entities, "atlas": atlas_label}  # the runs' space, if given
+    if base["space"] == CIFTI_SPACE:  # grayordinates: space-fsLR_den-91k
+        base["density"] = CIFTI_DENSITY
     series = build_path(output_dir, {**base, "stat": "mean"}, "timeseries", ".tsv")
     coverage = build_path(output_dir, {**base, "stat": "coverage"}, "bold", ".tsv")
     sidecar_path = series.with_suffix(".json")

@@ -18,24 +18,28 @@ from neurossm_app.interrupts import uninterrupted
 from neurossm_app.participant import extract
 
 
-class _ExtractRunInputSpec(BaseInterfaceInputSpec):
+class _RunInputSpec(BaseInterfaceInputSpec):
     bold_file = File(
         exists=True,
         mandatory=True,
         hash_files=False,
-        desc="4D preprocessed BOLD image; cached by bold_fingerprint, not by hashing its bytes",
+        desc="4D preprocessed BOLD image (or an fsLR 91k dtseries); cached by bold_fingerprint, not by "
+        "hashing its bytes",
     )
     bold_fingerprint = traits.Str(mandatory=True, desc="identity of the BOLD file's content (cache key)")
-    mask_file = File(exists=True, mandatory=True, desc="brain mask on the BOLD grid")
     confounds_file = File(
         exists=True,
         desc="fMRIPrep confounds TSV, if any; its content keys the cache (load_confounds reads it)",
     )
-    atlas_file = File(exists=True, mandatory=True, desc="integer atlas in MNI152NLin2009cAsym")
+    atlas_file = File(exists=True, mandatory=True, desc="integer atlas in the runs' space (or fsLR dlabel)")
     indices = traits.List(traits.Int, mandatory=True, desc="label values, in column order")
     names = traits.List(traits.Str, mandatory=True, desc="ROI names, in column order")
     repetition_time = traits.Float(mandatory=True, desc="seconds per volume")
     settings = traits.Dict(mandatory=True, desc="CleaningSettings as a dict")
+
+
+class _ExtractRunInputSpec(_RunInputSpec):
+    mask_file = File(exists=True, mandatory=True, desc="brain mask on the BOLD grid")
     n_threads = traits.Int(1, usedefault=True, nohash=True, desc="threads that inflate the BOLD file")
 
 
@@ -71,6 +75,29 @@ class ExtractRun(SimpleInterface):
         return runtime
 
 
+class ExtractCiftiRun(SimpleInterface):
+    """Take parcel means over a dtseries' grayordinates and clean them, for one CIFTI run."""
+
+    input_spec = _RunInputSpec  # no mask: a dtseries holds the grayordinates only
+    output_spec = _ExtractRunOutputSpec
+
+    def _run_interface(self, runtime):
+        from neurossm_app.participant.cifti import extract_cifti_run
+
+        files = extract_cifti_run(
+            self.inputs.bold_file,
+            self.inputs.atlas_file,
+            self.inputs.indices,
+            self.inputs.names,
+            self.inputs.repetition_time,
+            CleaningSettings(**self.inputs.settings),
+            runtime.cwd,
+            confounds_file=self.inputs.confounds_file if isdefined(self.inputs.confounds_file) else None,
+        )
+        self._results.update({name: str(path) for name, path in files._asdict().items()})
+        return runtime
+
+
 class _DerivativesSinkInputSpec(BaseInterfaceInputSpec):
     output_dir = traits.Str(mandatory=True, desc="OUTPUT_DIR")
     entities = traits.Dict(mandatory=True, desc="run entities (subject, session, task, run, ...)")
@@ -83,6 +110,7 @@ class _DerivativesSinkInputSpec(BaseInterfaceInputSpec):
     coverage_file = File(exists=True, mandatory=True, desc="per-ROI coverage")
     metadata_file = File(exists=True, mandatory=True, desc="cleaning metadata JSON")
     sources = traits.List(traits.Str, hash_files=False, desc="input files, for provenance")
+    run_metadata = traits.Dict(desc="sidecar fields of the run's input (BoldRun.metadata), added as they are")
 
 
 class _DerivativesSinkOutputSpec(TraitedSpec):
@@ -115,7 +143,7 @@ class DerivativesSink(SimpleInterface):
                 self.inputs.atlas_label,
                 self.inputs.clean_file,
                 self.inputs.coverage_file,
-                sidecar,
+                {**sidecar, **(self.inputs.run_metadata or {})},  # e.g. where an HCP run's TR was read
             )
         self._results["out_files"] = [str(p) for p in written]
         return runtime
@@ -131,7 +159,7 @@ class _ReportletsInputSpec(BaseInterfaceInputSpec):
     metadata_file = File(exists=True, mandatory=True, desc="cleaning metadata JSON (censored volumes)")
     confounds_file = File(exists=True, desc="fMRIPrep confounds TSV, if any (framewise displacement)")
     atlas_file = File(exists=True, mandatory=True, desc="atlas on the BOLD grid")
-    mask_file = File(exists=True, mandatory=True, desc="brain mask")
+    mask_file = File(exists=True, desc="brain mask (a CIFTI run has none: no coverage figure)")
     indices = traits.List(traits.Int, mandatory=True, desc="label values, in column order")
     fd_threshold = traits.Either(None, traits.Float, desc="censoring threshold, for the motion plot")
 
@@ -160,7 +188,7 @@ class RunReportlets(SimpleInterface):
             self.inputs.coverage_file,
             self.inputs.confounds_file if isdefined(self.inputs.confounds_file) else None,
             self.inputs.atlas_file,
-            self.inputs.mask_file,
+            self.inputs.mask_file if isdefined(self.inputs.mask_file) else None,
             list(self.inputs.indices),
             censored,
             self.inputs.fd_threshold,

@@ -34,16 +34,22 @@ def check_run(run: BoldRun, settings: CleaningSettings | None = None) -> None:
     With ``settings`` (the call's denoising settings) the confounds are also checked against the
     strategy: the columns it needs, dummy scans and degrees of freedom (:func:`check_confounds`).
     Raises :class:`DataError` with one line; the CLI checks every run and reports each failure.
+    A CIFTI run (a dtseries, no mask) is checked for its axes instead of 4D-ness and grids.
     """
-    bold = _load(run.bold)
-    if bold.ndim != 4:
-        raise DataError(f"{run.bold} is {bold.ndim}D; a 4D BOLD series (x, y, z, time) is required.")
-    check_mask_grid(_load(run.mask), bold, run.mask, run.bold)
+    if run.is_cifti:
+        from neurossm_app.participant.cifti import cifti_volumes
+
+        bold, n_vols = None, cifti_volumes(run.bold)
+    else:
+        bold = _load(run.bold)
+        if bold.ndim != 4:
+            raise DataError(f"{run.bold} is {bold.ndim}D; a 4D BOLD series (x, y, z, time) is required.")
+        check_mask_grid(_load(run.mask), bold, run.mask, run.bold)
+        n_vols = bold.shape[3]
     if not run.repetition_time > 0:
         raise DataError(
             f"RepetitionTime {run.repetition_time} in the sidecar of {run.bold} must be positive."
         )
-    n_vols = bold.shape[3]
     if run.confounds is None:  # fine when nothing reads it (--confounds none, no censoring)
         if settings is None or needs_confounds(
             settings.strategy, settings.fd_threshold, settings.std_dvars_threshold
@@ -60,7 +66,7 @@ def check_run(run: BoldRun, settings: CleaningSettings | None = None) -> None:
         )
     if settings is not None:  # the columns the strategy needs, dummy scans, degrees of freedom
         check_confounds(run.bold, n_vols, run.repetition_time, settings, run.confounds)
-    if str(run.bold).endswith(".gz"):
+    if bold is not None and str(run.bold).endswith(".gz"):
         itemsize = np.dtype(bold.get_data_dtype()).itemsize
         _check_gzip(run.bold, int(bold.dataobj.offset) + int(np.prod(bold.shape)) * itemsize)
 

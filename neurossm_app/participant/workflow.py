@@ -11,7 +11,7 @@ from neurossm_app.atlases import Atlas
 from neurossm_app.bids import BoldRun
 from neurossm_app.config import CleaningSettings
 from neurossm_app.participant.extract import input_fingerprint
-from neurossm_app.participant.interfaces import DerivativesSink, ExtractRun, RunReportlets
+from neurossm_app.participant.interfaces import DerivativesSink, ExtractCiftiRun, ExtractRun, RunReportlets
 
 
 def init_run_wf(
@@ -58,7 +58,7 @@ def init_run_wf(
             entities=dict(run.entities),
             atlas_label=atlas.spec.bids_label,
             **_confounds_input(run),
-            mask_file=str(run.mask),
+            **({"mask_file": str(run.mask)} if run.mask is not None else {}),  # a CIFTI run has none
             indices=list(atlas.indices),
             fd_threshold=settings.fd_threshold,
         ),
@@ -79,19 +79,20 @@ def init_run_wf(
 
 def _extract_node(run: BoldRun, atlas: Atlas, settings: CleaningSettings, omp_nthreads: int) -> pe.Node:
     """The run's extraction, keyed in the cache by the BOLD file's fingerprint (not its bytes)."""
+    inputs = {
+        "bold_file": str(run.bold),
+        "bold_fingerprint": input_fingerprint(run.bold),
+        **_confounds_input(run),
+        "atlas_file": str(atlas.image),
+        "indices": list(atlas.indices),
+        "names": list(atlas.names),
+        "repetition_time": run.repetition_time,
+        "settings": settings.to_dict(),
+    }
+    if run.is_cifti:  # grayordinates: the dlabel's parcels, no grid to resample to, no mask
+        return pe.Node(ExtractCiftiRun(**inputs), name="extract")
     return pe.Node(
-        ExtractRun(
-            bold_file=str(run.bold),
-            bold_fingerprint=input_fingerprint(run.bold),
-            mask_file=str(run.mask),
-            **_confounds_input(run),
-            atlas_file=str(atlas.image),
-            indices=list(atlas.indices),
-            names=list(atlas.names),
-            repetition_time=run.repetition_time,
-            settings=settings.to_dict(),
-            n_threads=omp_nthreads,
-        ),
+        ExtractRun(**inputs, mask_file=str(run.mask), n_threads=omp_nthreads),
         name="extract",
         n_procs=omp_nthreads,
     )
@@ -115,6 +116,7 @@ def _timeseries_sink(
             repetition_time=run.repetition_time,
             settings=settings.to_dict(),
             sources=list(run.sources) or [str(p) for p in (run.bold, run.mask, run.confounds) if p],
+            run_metadata=dict(run.metadata),
         ),
         name="ds_timeseries",
         run_without_submitting=True,

@@ -262,6 +262,10 @@ def install_atlases(cache_dir: Path) -> dict[str, Path]:
             written[atlas] = write_nifti(volume, volumes.schaefer, affine, xform_code="mni")
             # TemplateFlow's label tables are the same in both templates; ours is packaged once
             table.write_bytes(packaged_path(table.name.replace(space, TEMPLATE)).read_bytes())
+    from neurossm_app.synthetic.surface import install_fslr_dlabels  # it builds on these volumes
+
+    # --space fsLR: the dlabels of a small synthetic surface, as "<atlas>-fsLR"
+    written.update(zip((f"{key}-fsLR" for key in SCHAEFER_DESCS), install_fslr_dlabels(tf_home), strict=True))
 
     nilearn_data = Path(cache_dir) / "nilearn_data"
     aal_dir = nilearn_data / "aal_3v2" / "AAL3"

@@ -37,6 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma list of session labels, e.g. 1,2 (default: no session level)",
     )
+    design.add_argument(
+        "--layout",
+        choices=["fmriprep", "hcp"],
+        default="fmriprep",
+        help="fmriprep: raw BIDS + derivatives/fmriprep; hcp: HCP-YA minimal preprocessing "
+        "(<subject>/MNINonLinear/Results/<run>, for --input-type hcp) (default fmriprep)",
+    )
+    design.add_argument(
+        "--cifti",
+        action="store_true",
+        help="also write fsLR grayordinates (dtseries) on a small synthetic surface: fMRIPrep's "
+        "space-fsLR_den-91k_bold.dtseries.nii, or HCP's <run>_Atlas_MSMAll.dtseries.nii",
+    )
     acquisition = parser.add_argument_group("acquisition")
     acquisition.add_argument("--volumes", type=int, default=200, help="volumes per run (default 200)")
     acquisition.add_argument("--tr", type=float, default=0.72, help="repetition time in s (default 0.72)")
@@ -96,13 +109,18 @@ def main(argv: list[str] | None = None) -> int:
             atlas_cache=options.atlas_cache,
             sessions=options.sessions,
             force=options.force,
+            layout=options.layout,
+            cifti=options.cifti,
         )
     except SyntheticDatasetError as error:
         sys.stderr.write(f"neurossm-synth: error: {error}\n")
         return error.exit_code
     cache = options.atlas_cache.absolute() if options.atlas_cache else out_dir / "sourcedata" / "atlases"
     print(f"raw BIDS dataset:      {out_dir}")
-    print(f"fMRIPrep derivatives:  {out_dir / 'derivatives' / 'fmriprep'}")
+    if options.layout == "hcp":
+        print(f"HCP-YA layout:         {out_dir} (neurossm-app {out_dir} OUT participant --input-type hcp)")
+    else:
+        print(f"fMRIPrep derivatives:  {out_dir / 'derivatives' / 'fmriprep'}")
     print(f"planted effects:       {out_dir / 'sourcedata' / 'synthetic_truth.json'}")
     print("atlases (set before starting Python):")
     print(f"  export TEMPLATEFLOW_HOME={cache / 'templateflow'}")

@@ -22,9 +22,11 @@ from neurossm_app.synthetic.bids_writer import (
 )
 from neurossm_app.synthetic.effects import Effect, planted_effects, truth_record
 from neurossm_app.synthetic.files import write_json
+from neurossm_app.synthetic.hcp_layout import hcp_run_name, write_hcp_run, write_wmparc
 from neurossm_app.synthetic.neurosynth import write_neurosynth_database
 from neurossm_app.synthetic.signals import confounds_table
 from neurossm_app.synthetic.simulate import Anatomy, build_anatomy, motion_weights, simulate_run
+from neurossm_app.synthetic.surface import vertex_sources, write_dtseries
 
 EXIT_CANNOT_CREATE = 73
 #: Raw BOLD is kept small: roughly this voxel size (mm) after striding the output grid.
@@ -136,6 +138,8 @@ def make_dataset(
     atlas_cache: str | Path | None = None,
     sessions: list[str] | tuple[str, ...] | None = None,
     force: bool = False,
+    layout: str = "fmriprep",
+    cifti: bool = False,
 ) -> Path:
     """Write a synthetic raw BIDS dataset with fMRIPrep derivatives, atlases and ground truth.
 
@@ -159,6 +163,11 @@ def make_dataset(
         Session labels; ``None`` for no session level.
     force : bool
         Replace ``out_dir`` if it is a previous neurossm-synth dataset.
+    layout : {"fmriprep", "hcp"}
+        fMRIPrep derivatives (with raw BIDS), or HCP-YA's minimal-preprocessing layout at
+        ``out_dir`` (``<subject>/MNINonLinear/Results/<run>``, :mod:`.hcp_layout`).
+    cifti : bool
+        Also write each run's fsLR grayordinates (a dtseries on :mod:`.surface`'s small mesh).
 
     Returns
     -------
@@ -175,8 +184,9 @@ def make_dataset(
     # the matrices are small (T x T Gram matrices): BLAS threads only add contention
     with threadpool_limits(limits=1):
         return _make_dataset(
-            out_dir, subjects, list(tasks), runs, volumes, tr, voxel_size, seed, atlas_cache, sessions, force
-        )
+            out_dir, subjects, list(tasks), runs, volumes, tr, voxel_size, seed, atlas_cache, sessions, force,
+            layout, cifti,
+        )  # fmt: skip
 
 
 def _make_dataset(
@@ -191,9 +201,15 @@ def _make_dataset(
     atlas_cache: str | Path | None,
     sessions: list[str] | tuple[str, ...] | None,
     force: bool,
+    layout: str = "fmriprep",
+    cifti: bool = False,
 ) -> Path:
     out_dir = Path(out_dir).absolute()
     _check_options(subjects, tasks, runs, volumes, tr, voxel_size, sessions)
+    if layout == "hcp" and sessions:
+        raise SyntheticDatasetError(
+            "--layout hcp has no sessions (HCP-YA has none); leave --sessions out", 64
+        )
     cache_dir = (
         Path(atlas_cache).absolute() if atlas_cache is not None else out_dir / "sourcedata" / "atlases"
     )
@@ -205,18 +221,8 @@ def _make_dataset(
     participants = assign_participants(subjects, rng)
     effects = planted_effects(tasks)
     anatomy = build_anatomy(float(voxel_size))
-    grid = anatomy.grid
-    fmriprep_dir = out_dir / "derivatives" / "fmriprep"
     write_raw_top_level(out_dir, participants, tasks, tr, seed)
-    write_derivatives_top_level(fmriprep_dir)
-    stride = max(1, int(round(RAW_BOLD_VOXEL_MM / voxel_size)))
-    raw_affine = grid.affine.copy()
-    raw_affine[:3, :3] *= stride
-    raw_shape = tuple(len(range(0, n, stride)) for n in grid.shape)
-    brain_ijk = np.argwhere(anatomy.brain)  # (V, 3), the row order of the simulated BOLD
-    on_raw_lattice = np.all(brain_ijk % stride == 0, axis=1)
-    raw_ijk = tuple((brain_ijk[on_raw_lattice] // stride).T)
-    tissue_for_confounds = {"csf": anatomy.tissue["csf"], "white_matter": anatomy.tissue["white_matter"]}
+    writer = _RunWriter(out_dir, anatomy, voxel_size, tr, layout, cifti)
     session_labels: list[str | None] = list(sessions) if sessions else [None]
 
     for _, row in participants.iterrows():
@@ -224,19 +230,12 @@ def _make_dataset(
         subject_rng = np.random.default_rng([seed, int(subject)])
         weights = motion_weights(anatomy, subject_rng)
         scales = {(effect.target, effect.label): float(subject_rng.uniform(0.8, 1.2)) for effect in effects}
-        for session in session_labels:
-            write_anat(out_dir, subject, session, _t1w_image(anatomy), grid.affine)
+        writer.subject(subject, session_labels)
         for key in _run_keys(subject, session_labels, tasks, runs):
             bold, motion = simulate_run(
                 anatomy, weights, _run_effects(effects, row, key.task, scales), subject_rng, volumes, tr
             )
-            confounds, metadata = confounds_table(bold, tissue_for_confounds, motion, tr)
-            write_derivative_run(
-                fmriprep_dir, key, voxel_size, bold, anatomy.brain, grid.affine, tr, confounds, metadata
-            )
-            raw = np.zeros((*raw_shape, volumes), dtype=np.int16)
-            raw[raw_ijk] = np.round(bold[on_raw_lattice]).astype(np.int16)
-            write_raw_bold(out_dir, key, raw, raw_affine, tr)
+            writer.run(key, bold, motion)
             del bold
 
     parameters = {
@@ -248,12 +247,73 @@ def _make_dataset(
         "voxel_size": voxel_size,
         "seed": seed,
         "sessions": list(sessions) if sessions else None,
+        "layout": layout,
+        "cifti": cifti,
     }
     truth = truth_record(effects, parameters)
     write_json(out_dir / "sourcedata" / "synthetic_truth.json", truth)
     # A Neurosynth-format database for `group --analysis --neurosynth-dir OUT_DIR/sourcedata/neurosynth`.
     write_neurosynth_database(out_dir / "sourcedata" / "neurosynth", truth, seed=seed)
     return out_dir
+
+
+class _RunWriter:
+    """Writes the simulated runs in one layout: fMRIPrep derivatives (with a raw BIDS copy of
+    each run, heavily downsampled) or HCP-YA's folders."""
+
+    def __init__(
+        self, out_dir: Path, anatomy: Anatomy, voxel_size: float, tr: float, layout: str, cifti: bool
+    ):
+        self.out_dir, self.anatomy, self.voxel_size, self.tr = out_dir, anatomy, voxel_size, tr
+        self.layout, self.cifti = layout, cifti
+        self.fmriprep_dir = out_dir / "derivatives" / "fmriprep"
+        if layout == "fmriprep":
+            write_derivatives_top_level(self.fmriprep_dir)
+        grid = anatomy.grid
+        self.stride = max(1, int(round(RAW_BOLD_VOXEL_MM / voxel_size)))
+        self.raw_affine = grid.affine.copy()
+        self.raw_affine[:3, :3] *= self.stride
+        self.raw_shape = tuple(len(range(0, n, self.stride)) for n in grid.shape)
+        brain_ijk = np.argwhere(anatomy.brain)  # (V, 3), the row order of the simulated BOLD
+        self.on_raw_lattice = np.all(brain_ijk % self.stride == 0, axis=1)
+        self.raw_ijk = tuple((brain_ijk[self.on_raw_lattice] // self.stride).T)
+        self.tissue = {"csf": anatomy.tissue["csf"], "white_matter": anatomy.tissue["white_matter"]}
+        self.sources = vertex_sources(anatomy) if cifti else None  # the voxel each vertex samples
+
+    def subject(self, subject: str, sessions: list[str | None]) -> None:
+        if self.layout == "hcp":
+            write_wmparc(self.out_dir, subject, self.anatomy)
+            return
+        for session in sessions:
+            write_anat(self.out_dir, subject, session, _t1w_image(self.anatomy), self.anatomy.grid.affine)
+
+    def run(self, key: RunKey, bold: np.ndarray, motion: np.ndarray) -> None:
+        grid, tr = self.anatomy.grid, self.tr
+        if self.layout == "hcp":
+            name = hcp_run_name(key.task, key.run)
+            write_hcp_run(self.out_dir, key.subject, name, bold, motion, self.anatomy, tr, self.sources)
+            return
+        confounds, metadata = confounds_table(bold, self.tissue, motion, tr)
+        write_derivative_run(
+            self.fmriprep_dir,
+            key,
+            self.voxel_size,
+            bold,
+            self.anatomy.brain,
+            grid.affine,
+            tr,
+            confounds,
+            metadata,
+        )
+        if self.sources is not None:
+            stem = key.func_dir(self.fmriprep_dir) / f"{key.stem()}_space-fsLR_den-91k_bold"
+            write_dtseries(stem.with_name(stem.name + ".dtseries.nii"), bold, self.anatomy, tr, self.sources)
+            write_json(
+                stem.with_name(stem.name + ".dtseries.json"), {"RepetitionTime": tr, "TaskName": key.task}
+            )
+        raw = np.zeros((*self.raw_shape, bold.shape[1]), dtype=np.int16)
+        raw[self.raw_ijk] = np.round(bold[self.on_raw_lattice]).astype(np.int16)
+        write_raw_bold(self.out_dir, key, raw, self.raw_affine, tr)
 
 
 #: TemplateFlow parses entities from the whole absolute path, so a folder named e.g.
