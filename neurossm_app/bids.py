@@ -236,11 +236,13 @@ def check_output_dir(bids_dir: Path, output_dir: Path) -> Path:
     return output_dir
 
 
-def output_layout(output_dir: Path):
+def output_layout(output_dir: Path, database_path: Path | None = None):
     """The pybids layout of the participant-level outputs in OUTPUT_DIR (:func:`pybids_config`).
 
     ``group/``, ``logs/``, ``code/`` and ``sourcedata/`` are left out of the index: they hold no
-    participant-level outputs (``group/`` holds the group level's own files).
+    participant-level outputs (``group/`` holds the group level's own files). With
+    ``database_path``, pybids saves its index there, or loads it when one is there
+    (:mod:`neurossm_app.group.output_index` decides when it is still valid).
     """
     import re
 
@@ -250,7 +252,10 @@ def output_layout(output_dir: Path):
     indexer = BIDSLayoutIndexer(
         validate=False, index_metadata=False, ignore=[re.compile(r"/(group|logs|code|sourcedata)/")]
     )
-    return BIDSLayout(output_dir, validate=False, config=pybids_config(), indexer=indexer, is_derivative=True)
+    return BIDSLayout(
+        output_dir, validate=False, config=pybids_config(), indexer=indexer, is_derivative=True,
+        database_path=database_path,
+    )  # fmt: skip
 
 
 def sanitize_label(label: str) -> str:

@@ -75,7 +75,7 @@ def run_group(opts: argparse.Namespace) -> None:
 
     from neurossm_app.bids import RUN_ENTITIES, find_fmriprep_dir, load_filter_file
     from neurossm_app.errors import UsageError
-    from neurossm_app.group.run import run_group_level
+    from neurossm_app.group.run import InputCaches, run_group_level
 
     settings = group_settings_from_options(opts)
     if settings.skip_cross_validation and opts.fold not in (None, 0):
@@ -100,6 +100,7 @@ def run_group(opts: argparse.Namespace) -> None:
         analysis=analysis_options(opts),
         fmriprep_dir=find_fmriprep_dir(opts.bids_dir, opts.derivatives),
         command_line=[str(a) for a in getattr(opts, "command_line", [])],
+        caches=InputCaches(getattr(opts, "cache_dir", None), getattr(opts, "bids_database_dir", None)),
     )
 
 

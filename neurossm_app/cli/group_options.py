@@ -64,6 +64,14 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
         "(with --predict-with: predict-<the model's run name>)",
     )
     group.add_argument(
+        "--cache-dir",
+        type=abs_path,
+        metavar="DIR",
+        help="the series cache: the selected series consolidated into one memory-mapped file per atlas "
+        "and selection, built by the first call and reused by the next ones and by every --fold/--seed "
+        "unit (default: OUTPUT_DIR/group/.cache; safe to delete)",
+    )
+    group.add_argument(
         "--predict-with",
         type=abs_path,
         metavar="MODEL",

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from neurossm_app.group.series_cache import release
+
 _R_MAX = 1.0 - 1e-7  # keeps arctanh finite on the diagonal-like pairs
 
 
@@ -43,6 +45,7 @@ def connectivity_features(series: list[np.ndarray]) -> np.ndarray:
         safe = np.where(norm > 0, norm, 1.0)
         corr = (centred @ centred.T) / np.outer(safe, safe)  # (R, R); 0 rows for silent ROIs
         features[i] = np.arctanh(np.clip(corr[upper], -_R_MAX, _R_MAX))
+        release(series, [i])  # a memory-mapped scan's pages, once read
     return features
 
 
@@ -75,6 +78,7 @@ def dynamics_features(series: list[np.ndarray]) -> np.ndarray:
         features[i] = np.log(
             np.maximum(np.concatenate([x.var(axis=1), np.diff(x, axis=1).var(axis=1), share]), _FLOOR)
         )
+        release(series, [i])
     return features
 
 

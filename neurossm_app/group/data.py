@@ -13,18 +13,21 @@ censored volumes) becomes 0, the ROI's mean.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from neurossm_app.bids import RUN_ENTITIES, output_layout, run_label
+from neurossm_app.bids import RUN_ENTITIES, run_label
 from neurossm_app.errors import DataError, InputMissingError, NoFilesSelectedError
 from neurossm_app.files import read_tsv
 from neurossm_app.group.inputs import check_made_alike, how_made, read_sidecar, repetition_time, tr_counts
 from neurossm_app.group.labels import check_classes, label_exclusions, scan_labels, subject_list
+from neurossm_app.group.output_index import indexed_output_layout
+from neurossm_app.group.series_cache import SeriesStore, cached_series, take
 
 LOGGER = logging.getLogger("neurossm_app")
 
@@ -68,8 +71,9 @@ class GroupDataset:
     ----------
     scans : list of ScanFile, length N
         Sorted by path, the order every other array follows.
-    series : list of numpy.ndarray, each (R, T_i) float32
-        Normalized series (ROI x volume); ``T_i`` may differ between scans.
+    series : list of numpy.ndarray, each (R, T_i) float32, or SeriesStore
+        Normalized series (ROI x volume); ``T_i`` may differ between scans. Read through the
+        series cache, a :class:`~neurossm_app.group.series_cache.SeriesStore` of read-only views.
     labels : numpy.ndarray, (N,) int64
         Index into ``classes``.
     classes : tuple of str, length C
@@ -89,7 +93,7 @@ class GroupDataset:
     """
 
     scans: list[ScanFile]
-    series: list[np.ndarray]
+    series: Sequence[np.ndarray]
     labels: np.ndarray
     classes: tuple[str, ...]
     roi_names: tuple[str, ...]
@@ -176,6 +180,7 @@ def select_timeseries(
     session_labels: list[str] | None = None,
     task_ids: list[str] | None = None,
     run_filters: dict[str, Any] | None = None,
+    database_dir: Path | None = None,
 ) -> Selection:
     """Find the complete participant-level time series of one atlas in ``output_dir``.
 
@@ -191,6 +196,9 @@ def select_timeseries(
         Extra pybids filters on run entities (e.g. from ``--bids-filter-file``'s ``bold`` entry),
         passed to ``BIDSLayout.get`` as at the participant level: a list is any of its values,
         ``null`` means the entity is absent, ``run`` 1 and ``01`` are the same run.
+    database_dir
+        ``--bids-database-dir``: the pybids index is saved there and reused while the tree is
+        unchanged (:func:`~neurossm_app.group.output_index.indexed_output_layout`).
 
     Returns
     -------
@@ -215,7 +223,7 @@ def select_timeseries(
         raise InputMissingError(f"OUTPUT_DIR {output_dir} does not exist; {hint}.")
     if not any(output_dir.glob("sub-*")):
         raise InputMissingError(f"no participant-level outputs (sub-*) in {output_dir}; {hint}.")
-    layout = output_layout(output_dir)
+    layout = indexed_output_layout(output_dir, database_dir)
     query = {"suffix": "timeseries", "extension": ".tsv", "stat": "mean"}
     atlases = [str(a) for a in layout.get(**query, target="atlas", return_type="id")]
     if not atlases:
@@ -382,6 +390,8 @@ def load_dataset(
     atlas_label: str,
     window: int | None = None,
     excluded: list[dict[str, Any]] | None = None,
+    cache_dir: Path | None = None,
+    output_dir: Path | None = None,
 ) -> GroupDataset:
     """Read, check and normalize every scan and attach its label.
 
@@ -393,6 +403,13 @@ def load_dataset(
     ----------
     excluded : list of dict, optional
         Exclusions found earlier (:class:`Selection`); the dataset lists them with its own.
+    cache_dir : Path, optional
+        Read the series through the series cache in this folder
+        (:mod:`~neurossm_app.group.series_cache`): ``dataset.series`` is then a
+        :class:`~neurossm_app.group.series_cache.SeriesStore` of memory-mapped views with the same
+        values. Default: every series read into memory.
+    output_dir : Path, optional
+        OUTPUT_DIR, to which the cache's index records the scans' paths.
 
     Raises
     ------
@@ -412,11 +429,15 @@ def load_dataset(
         [s.name for s, _ in kept], [how_made(s.path, c) for (s, _), c in zip(kept, sidecars, strict=True)],
         [s.subject for s, _ in kept],
     )  # fmt: skip
-    series, missing, roi_names = _read_all(kept)
+    if cache_dir is None:
+        series, missing, roi_names = _read_all(kept)
+    else:
+        series, missing, roi_names = _read_cached(kept, sidecars, atlas_label, cache_dir, output_dir)
     if window is not None:
         keep, short = drop_short_scans([s for s, _ in kept], [x.shape[1] for x in series], window)
         excluded += short
-        kept, series, missing, sidecars = ([v[i] for i in keep] for v in (kept, series, missing, sidecars))
+        kept, missing, sidecars = ([v[i] for i in keep] for v in (kept, missing, sidecars))
+        series = take(series, keep)
         check_classes(tuple(sorted({label for _, label in kept})), target, where)
     classes = tuple(sorted({label for _, label in kept}))
     index = {name: i for i, name in enumerate(classes)}
@@ -453,6 +474,25 @@ def _read_all(
         series.append(normalized)
         missing.append(counts)
     return series, missing, roi_names or ()
+
+
+def _read_cached(
+    kept: list[tuple[ScanFile, str]],
+    sidecars: list[dict[str, Any]],
+    atlas_label: str,
+    cache_dir: Path,
+    output_dir: Path | None,
+) -> tuple[SeriesStore, list[MissingValues], tuple[str, ...]]:
+    """:func:`_read_all`'s values through the series cache (scans it lacks are read as there)."""
+
+    def read_scan(index: int) -> tuple[np.ndarray, dict[str, int], tuple[str, ...]]:
+        raw, names = load_series(kept[index][0].path)
+        normalized, counts = normalize_series(raw)
+        return normalized, asdict(counts), names
+
+    paths = [scan.path for scan, _ in kept]
+    found = cached_series(paths, sidecars, atlas_label, cache_dir, read_scan, output_dir, NORMALIZATION)
+    return found.store, [MissingValues(**m) for m in found.missing], found.roi_names
 
 
 def _short_scan_error(names: list[str], lengths: np.ndarray, short: np.ndarray, window: int) -> DataError:

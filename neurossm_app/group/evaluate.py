@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from neurossm_app.group.series_cache import release
+
 METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc")
 
 
@@ -26,8 +28,8 @@ def predict_proba(
     model
         ``model(x, lengths)`` with ``x`` (B, R, T) float32 and ``lengths`` (B,) int64 -> (B, C)
         logits.
-    series : list of numpy.ndarray, each (R, T_i)
-        Normalized scans.
+    series : list of numpy.ndarray, each (R, T_i), or SeriesStore
+        Normalized scans; a batch of them is in memory at a time.
     device : torch.device
     batch_size : int
 
@@ -47,6 +49,7 @@ def predict_proba(
         batch = np.zeros((len(chosen), series[chosen[0]].shape[0], longest), dtype=np.float32)  # (B, R, T)
         for row, index in enumerate(chosen):
             batch[row, :, : lengths[index]] = series[index]
+        release(series, chosen)  # memory-mapped scans: their pages, once copied
         x = torch.from_numpy(batch).to(device)
         batch_lengths = torch.from_numpy(lengths[chosen]).to(device)
         logits = model(x, lengths=batch_lengths).float()  # (B, C)

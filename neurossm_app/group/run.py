@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from neurossm_app.group.run_folder import (
     run_directory_path,
     save_config,
 )
+from neurossm_app.group.series_cache import default_cache_dir
 from neurossm_app.group.splits import (
     build_splits,
     check_fold_counts,
@@ -60,6 +62,15 @@ from neurossm_app.provenance import REPORT_PACKAGES, software_versions
 LOGGER = logging.getLogger("neurossm_app")
 
 
+@dataclass(frozen=True)
+class InputCaches:
+    """``--cache-dir`` (the series cache; ``None``: ``OUTPUT_DIR/group/.cache``) and
+    ``--bids-database-dir`` (the saved pybids index of OUTPUT_DIR; ``None``: none)."""
+
+    cache_dir: Path | None = None
+    database_dir: Path | None = None
+
+
 def run_group_level(
     settings: GroupSettings,
     output_dir: Path,
@@ -70,6 +81,7 @@ def run_group_level(
     analysis=None,
     fmriprep_dir: Path | None = None,
     command_line: list[str] | None = None,
+    caches: InputCaches | None = None,
 ) -> Path:
     """Run the missing units of a group run, then aggregate, analyse and report (unless ``fold``/``seed``).
 
@@ -90,6 +102,9 @@ def run_group_level(
         The fMRIPrep derivatives, where their version is looked for besides the sidecars' sources.
     command_line : list of str, optional
         The call's argv (program name first), recorded in ``summary.json`` and the report.
+    caches : InputCaches, optional
+        Where the series cache and the pybids index live (default: the series cache in
+        ``OUTPUT_DIR/group/.cache``, no saved index).
 
     Returns
     -------
@@ -101,7 +116,9 @@ def run_group_level(
     with held_log_records() as earlier:
         units = select_units(settings, fold, seed)
         device = resolve_device(settings.device)
-        dataset, inputs = load_inputs(settings, output_dir, participants_tsv, run_filters, fmriprep_dir)
+        dataset, inputs = load_inputs(
+            settings, output_dir, participants_tsv, run_filters, fmriprep_dir, caches or InputCaches()
+        )
         run_dir = run_directory_path(output_dir, settings.run_name)
         groups = fold_groups(dataset.subjects, settings.cv_group, participants_tsv)
         splits = check_resume_state(run_dir, settings, dataset, units, groups)
@@ -137,8 +154,12 @@ def load_inputs(
     participants_tsv: Path,
     run_filters: dict[str, Any] | None,
     fmriprep_dir: Path | None = None,
+    caches: InputCaches = InputCaches(),
 ) -> tuple[GroupDataset, dict[str, Any]]:
     """The selected time series with their labels, checked against the window and the folds.
+
+    The series are read through the series cache (:mod:`.series_cache`) and the pybids index of
+    OUTPUT_DIR is reused from ``caches.database_dir`` (:mod:`.output_index`).
 
     Returns
     -------
@@ -157,10 +178,11 @@ def load_inputs(
         list(settings.session_label or []),
         list(settings.task_id or []),
         run_filters,
+        caches.database_dir,
     )
     dataset = load_dataset(
         selection.scans, settings.target, participants_tsv, atlas_label, settings.dynamic_length,
-        selection.excluded,
+        selection.excluded, caches.cache_dir or default_cache_dir(output_dir), output_dir,
     )  # fmt: skip
     check_fold_counts(
         dataset.labels, fold_groups(dataset.subjects, settings.cv_group, participants_tsv), dataset.classes,

@@ -28,6 +28,7 @@ import torch
 from neurossm_app.group.data import GroupDataset
 from neurossm_app.group.models import build_neurossm
 from neurossm_app.group.presets import GroupSettings
+from neurossm_app.group.series_cache import take
 from neurossm_app.group.splits import inner_split
 from neurossm_app.group.train import EpochChecks, HeldOut, TrainSettings, reproducible, train_model
 
@@ -103,7 +104,7 @@ def train_selected(
         with reproducible(seed):
             model, model_config = build_neurossm(_model_config(dataset, settings))
             history = train_model(
-                model, [dataset.series[i] for i in fit], dataset.labels[fit], len(dataset.classes),
+                model, take(dataset.series, fit), dataset.labels[fit], len(dataset.classes),
                 _train_settings(settings, lr, weight_decay), seed + 1, device,
                 f"{description} lr {lr:g} wd {weight_decay:g}" if len(candidates) > 1 else description,
                 checks,
@@ -172,7 +173,7 @@ def inner_fold(
 
 
 def _held_out(dataset: GroupDataset, indices: np.ndarray) -> HeldOut:
-    return HeldOut([dataset.series[i] for i in indices], dataset.labels[indices])
+    return HeldOut(take(dataset.series, indices), dataset.labels[indices])
 
 
 def _model_config(dataset: GroupDataset, settings: GroupSettings) -> dict[str, Any]:

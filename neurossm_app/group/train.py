@@ -11,12 +11,15 @@ Everything random comes from the seed given, so CPU runs repeat bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from queue import Full, Queue
 
 import numpy as np
 import pandas as pd
@@ -24,6 +27,7 @@ import torch
 from torch import nn
 
 from neurossm_app.errors import BackendUnavailableError, UsageError
+from neurossm_app.group.series_cache import release
 from neurossm_app.model.backends import autocast_dtype_for_capability, cuda_backend_status
 
 LOGGER = logging.getLogger("neurossm_app")
@@ -45,6 +49,9 @@ class TrainSettings:
         Maximum global gradient norm.
     augment
         Names from :data:`neurossm_app.group.presets.AUGMENTATIONS` applied to every training window.
+    background_loader
+        Cut the next batches in a background thread while the device trains on this one (into
+        pinned memory on CUDA); ``None``: on CUDA only. The windows are the same either way.
     """
 
     window: int
@@ -54,6 +61,7 @@ class TrainSettings:
     weight_decay: float
     grad_clip: float = 1.0
     augment: tuple[str, ...] = ()
+    background_loader: bool | None = None
 
 
 SCALE_RANGE = (0.8, 1.25)  # one amplitude factor per window, log-uniform
@@ -227,7 +235,7 @@ def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 class HeldOut:
     """Scans scored after every epoch: normalized series, each (R, T_i), and labels (N,) int64."""
 
-    series: list[np.ndarray]
+    series: Sequence[np.ndarray]
     labels: np.ndarray
 
 
@@ -454,23 +462,96 @@ def train_epoch(
     total_loss, correct, last_lr = 0.0, 0, float("nan")
     steps = -(-n_samples // batch_size)
     bar = tqdm(
-        range(steps), desc=f"{description}/{settings.epochs}", disable=not sys.stderr.isatty(),
+        total=steps, desc=f"{description}/{settings.epochs}", disable=not sys.stderr.isatty(),
         leave=False, file=sys.stderr, dynamic_ncols=True,
     )  # fmt: skip
-    for step in bar:
-        chunk = slice(step * batch_size, (step + 1) * batch_size)
-        # Cut per batch: all windows of an epoch at once would not fit in memory on HCP.
-        windows = random_windows([series[i] for i in order[chunk]], settings.window, rng)
-        windows = augment_windows(windows, settings.augment, rng)
-        x = torch.from_numpy(windows).to(optimisation.device, non_blocking=True)  # (B, R, L)
-        y = targets[chunk].to(optimisation.device)
-        loss, logits, last_lr = optimisation.step(x, y)
-        total_loss += float(loss.detach()) * len(y)
-        correct += int((logits.detach().argmax(dim=1) == y).sum())
-        seen = min(n_samples, (step + 1) * batch_size)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.2f}")
+    cuda = optimisation.device.type == "cuda"
+    batches = training_batches(series, order, settings, rng, pin_memory=cuda)
+    background = cuda if settings.background_loader is None else settings.background_loader
+    with background_batches(batches) if background else contextlib.nullcontext(batches) as batches:
+        for step, windows in enumerate(batches):
+            chunk = slice(step * batch_size, (step + 1) * batch_size)
+            x = windows.to(optimisation.device, non_blocking=True)  # (B, R, L)
+            y = targets[chunk].to(optimisation.device)
+            loss, logits, last_lr = optimisation.step(x, y)
+            total_loss += float(loss.detach()) * len(y)
+            correct += int((logits.detach().argmax(dim=1) == y).sum())
+            seen = min(n_samples, (step + 1) * batch_size)
+            bar.update(1)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.2f}")
     bar.close()
     return {"loss": total_loss / n_samples, "train_accuracy": correct / n_samples, "lr": last_lr}
+
+
+def training_batches(
+    series: Sequence[np.ndarray],
+    order: np.ndarray,
+    settings: TrainSettings,
+    rng: np.random.Generator,
+    pin_memory: bool = False,
+) -> Iterator[torch.Tensor]:
+    """The windows of one epoch, batch by batch, (B, R, window) float32 tensors.
+
+    Cut per batch: all windows of an epoch at once would not fit in memory on HCP. Each batch
+    draws its window starts, then its augmentations, from ``rng``, in batch order, so the batches
+    are the same whether this runs in the training thread or in :func:`background_batches`. The
+    memory-mapped pages of the scans a batch was cut from are released after it
+    (:func:`~neurossm_app.group.series_cache.release`).
+    """
+    for start in range(0, len(order), settings.batch_size):
+        chosen = order[start : start + settings.batch_size]
+        windows = random_windows([series[i] for i in chosen], settings.window, rng)
+        release(series, chosen)
+        windows = augment_windows(windows, settings.augment, rng)
+        batch = torch.from_numpy(windows)
+        yield batch.pin_memory() if pin_memory else batch
+
+
+_DONE = object()
+
+
+@contextmanager
+def background_batches(batches: Iterator[torch.Tensor], depth: int = 2) -> Iterator[Iterator[torch.Tensor]]:
+    """Run ``batches`` in a background thread, ``depth`` batches ahead of the consumer.
+
+    Only that thread advances ``batches`` (and its random generator), in order, so the batches
+    are those of the foreground loop. An error in the thread is raised in the consumer; leaving
+    the block early stops the thread.
+    """
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                queue.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not put(batch):
+                    return
+            put(_DONE)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, raised there
+            put(err)
+
+    def consume() -> Iterator[torch.Tensor]:
+        while (item := queue.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    thread = threading.Thread(target=produce, name="neurossm-batches", daemon=True)
+    thread.start()
+    try:
+        yield consume()
+    finally:
+        stop.set()
+        thread.join()
 
 
 _HELD_OUT_LOGGED = (

@@ -25,6 +25,7 @@ from neurossm_app.group.data import NORMALIZATION, GroupDataset
 from neurossm_app.group.evaluate import METRICS, classification_metrics, predict_proba
 from neurossm_app.group.presets import GroupSettings
 from neurossm_app.group.selection import train_selected
+from neurossm_app.group.series_cache import take
 from neurossm_app.group.train import deterministic_algorithms, unit_seed
 from neurossm_app.model.backends import backend_summary
 from neurossm_app.provenance import GROUP_PACKAGES, software_versions
@@ -129,7 +130,7 @@ def run_unit(
     selected = train_selected(dataset, train, test, groups, settings, unit_seed(seed, fold), device, name)
     model, model_config, history = selected.model, selected.model_config, selected.history
     with deterministic_algorithms():
-        proba = predict_proba(model, [dataset.series[i] for i in test], device, settings.batch_size)
+        proba = predict_proba(model, take(dataset.series, test), device, settings.batch_size)
     probabilities = {"neurossm": proba}
     trained_s = time.time() - started
     probabilities |= baseline_probabilities(dataset, train, test, settings.baselines, seed)
@@ -176,8 +177,7 @@ def baseline_probabilities(
     dict
         Baseline name -> test-scan probabilities, (N_test, C).
     """
-    train_series = [dataset.series[i] for i in train]
-    test_series = [dataset.series[i] for i in test]
+    train_series, test_series = take(dataset.series, train), take(dataset.series, test)
     return {
         name: BASELINES[name](train_series, dataset.labels[train], test_series, len(dataset.classes), seed)
         for name in baselines
