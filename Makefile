@@ -29,6 +29,10 @@ test: $(STAMP)
 test-min:
 	PYTHON=$(PYTHON) bash scripts/min-versions.sh build/venv-min
 
+# The custom-atlas example: a 100-parcel BIDS atlas dataset through both levels (docs/usage.md).
+demo-atlas: $(STAMP)
+	NIPYPE_NO_ET=1 PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo_custom_atlas.sh $(DEMO_DIR)/custom-atlas
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 

@@ -21,8 +21,8 @@ letters and digits; ``--atlas-label`` replaces it.
 
 Every check happens once, before any run: a missing image or table (exit 66); a table without
 ``index`` and ``name``, an image that is not 3D or holds non-integer values, label values in the
-image that the table lacks, an atlas whose ``space-``/``tpl-`` entity is not the runs' space
-(exit 65).
+image that the table lacks, an atlas whose ``space-``/``tpl-`` entity is not the runs' space, or
+whose labels lie mostly outside the first run's field of view (exit 65).
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def resolve_atlas(
     datasets: dict[str, Path] | None = None,
     atlas_dir: str | os.PathLike | None = None,
     space: str = "MNI152NLin2009cAsym",
+    reference: Path | None = None,
 ) -> Atlas:
     """The participant level's atlas from ``--atlas`` (``None``: ``schaefer400``).
 
@@ -70,6 +71,9 @@ def resolve_atlas(
         ``--atlas-dir`` (AAL3v2).
     space
         The runs' template space.
+    reference
+        A run's BOLD image: a custom atlas must lie mostly inside its field of view
+        (:func:`check_overlap`).
     """
     value = value or "schaefer400"
     atlas_datasets = {n: p for n, p in (datasets or {}).items() if n != "fmriprep"}
@@ -87,7 +91,44 @@ def resolve_atlas(
         )
     if label:
         atlas = replace(atlas, spec=replace(atlas.spec, bids_label=label))
+    if reference is not None and atlas.spec.source in ("file", "dataset"):
+        check_overlap(atlas.image, reference)
     return atlas
+
+
+def _world_box(affine: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The world-space (mm) bounding box of the voxel box ``lower``..``upper`` (inclusive)."""
+    corners = np.array([[x, y, z, 1.0] for x in (lower[0], upper[0]) for y in (lower[1], upper[1])
+                        for z in (lower[2], upper[2])])  # fmt: skip
+    world = corners @ np.asarray(affine).T
+    return world[:, :3].min(0), world[:, :3].max(0)
+
+
+def check_overlap(image: Path, reference: Path, minimum: float = 0.5) -> None:
+    """Refuse an atlas whose labelled voxels mostly lie outside a run's field of view: an image
+    in another space (scanner or native coordinates) that names none.
+
+    Raises
+    ------
+    DataError
+        Less than ``minimum`` of the labels' bounding box (in mm) inside the run's (exit 65).
+    """
+    import nibabel as nib
+
+    img = nib.load(os.fspath(image))
+    labelled = np.argwhere(np.asarray(img.dataobj).reshape(img.shape[:3]) != 0)
+    ref = nib.load(os.fspath(reference))
+    if labelled.size == 0 or len(ref.shape) < 3:
+        return
+    lo, hi = _world_box(img.affine, labelled.min(0) - 0.5, labelled.max(0) + 0.5)
+    ref_lo, ref_hi = _world_box(ref.affine, np.full(3, -0.5), np.asarray(ref.shape[:3]) - 0.5)
+    inside = np.prod(np.clip(np.minimum(hi, ref_hi) - np.maximum(lo, ref_lo), 0, None)) / np.prod(hi - lo)
+    if inside < minimum:
+        span = f"{np.round(lo).tolist()} to {np.round(hi).tolist()} mm"
+        raise DataError(
+            f"atlas {image.name} lies {100 * (1 - inside):.0f}% outside the field of view of "
+            f"{Path(reference).name} (its labels span {span}); is it in the runs' template space?"
+        )
 
 
 def _looks_like_path(value: str) -> bool:
@@ -330,4 +371,4 @@ def _pick_resolution(found: list[tuple], request: str) -> tuple:
             return (1, 0.0)
         return (0 if value == 2 else 1, value)
 
-    return sorted(found, key=resolution)[0]
+    return min(found, key=resolution)

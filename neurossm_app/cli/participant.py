@@ -102,7 +102,7 @@ def _select_runs(opts: argparse.Namespace, settings):
     Every run is checked, so every known data error is reported at once; a run that fails is left
     out and the others are processed.
     """
-    from neurossm_app.atlases import get_atlas
+    from neurossm_app.custom_atlas import resolve_atlas
     from neurossm_app.fmriprep import collect_bold_runs, find_fmriprep_dir, load_filter_file
     from neurossm_app.participant.preflight import check_run
 
@@ -131,7 +131,11 @@ def _select_runs(opts: argparse.Namespace, settings):
             len(failures),
             len(runs),
         )
-    return runs, failures, get_atlas(opts.atlas or "schaefer400", opts.atlas_dir, space=runs[0].space)
+    first = runs[0]  # the atlas is read in the runs' space, and must lie in a run's field of view
+    atlas = resolve_atlas(
+        opts.atlas, opts.atlas_label, opts.derivatives, opts.atlas_dir, first.space, first.bold
+    )
+    return runs, failures, atlas
 
 
 def _fmriprep_link(output_dir: Path, fmriprep_dir: Path) -> str:

@@ -1,8 +1,8 @@
 """Group-level presets and the resolved settings of one group run.
 
 A preset (``data/presets/group_presets.json``) holds the settings of one study of the original
-NeuroSSM paper (atlas, target, window length) plus neurossm-app's training defaults; the CLI
-overrides any field, and the result is a frozen :class:`GroupSettings` handed explicitly to the
+NeuroSSM paper (its default atlas, target, window length) plus neurossm-app's training defaults;
+the CLI overrides any field, and the result is a frozen :class:`GroupSettings` handed explicitly to the
 code that needs it and saved as ``config.json`` next to the outputs.
 """
 
@@ -44,7 +44,8 @@ class GroupSettings:
     run_name
         Folder under ``OUTPUT_DIR/group/``.
     atlas
-        ``--atlas`` key (:data:`neurossm_app.atlases.ATLASES`).
+        An :data:`neurossm_app.atlases.ATLASES` key, or the ``atlas-`` label of an atlas of the
+        user's; the preset's is a default only (:mod:`neurossm_app.group.atlas_choice`).
     target
         ``participants:COLUMN`` or ``task``.
     dynamic_length

@@ -135,6 +135,7 @@ class DerivativesSink(SimpleInterface):
             settings,
             metadata,
             list(self.inputs.sources),
+            dict(self.inputs.atlas_provenance or {}),
         )
         with uninterrupted():  # a signal waits until the run's three files are all written
             written = extract.write_run_outputs(

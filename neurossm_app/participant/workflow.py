@@ -113,6 +113,7 @@ def _timeseries_sink(
             entities={**run.entities, "space": run.space},
             atlas_label=atlas.spec.bids_label,
             atlas_file=atlas.uri,
+            atlas_provenance=atlas.provenance(),
             repetition_time=run.repetition_time,
             settings=settings.to_dict(),
             sources=list(run.sources) or [str(p) for p in (run.bold, run.mask, run.confounds) if p],
