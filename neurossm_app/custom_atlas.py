@@ -2,7 +2,8 @@
 
 ``--atlas`` takes, besides the registry keys of :mod:`neurossm_app.atlases`:
 
-- a path to an integer label image (``.nii.gz``/``.nii``) with its label table: the same name
+- a path to an integer label image (``.nii.gz``/``.nii``; for fsLR runs a ``.dlabel.nii``, whose
+  own table serves when it has no TSV) with its label table: the same name
   with ``.tsv`` (``parcels.nii.gz`` -> ``parcels.tsv``), else the nearest ``_dseg.tsv`` whose
   entities the image has (``tpl-X_res-02_atlas-A_dseg.nii.gz`` -> ``tpl-X_atlas-A_dseg.tsv``,
   :func:`label_table_of`). The table has the columns ``index`` and ``name`` (XCP-D's ``label``
@@ -38,7 +39,7 @@ import pandas as pd
 
 from neurossm_app.atlases import ATLASES, Atlas, AtlasSpec, atlas_choices, get_atlas
 from neurossm_app.errors import DataError, InputMissingError, UsageError
-from neurossm_app.fmriprep import read_description
+from neurossm_app.fmriprep import CIFTI_SPACE, read_description
 
 LOGGER = logging.getLogger("neurossm_app")
 
@@ -91,7 +92,7 @@ def resolve_atlas(
         )
     if label:
         atlas = replace(atlas, spec=replace(atlas.spec, bids_label=label))
-    if reference is not None and atlas.spec.source in ("file", "dataset"):
+    if reference is not None and atlas.spec.source in ("file", "dataset") and atlas.space != CIFTI_SPACE:
         check_overlap(atlas.image, reference)
     return atlas
 
@@ -270,11 +271,10 @@ def load_file_atlas(
     """
     if not image.is_file():
         raise InputMissingError(f"--atlas {image} does not exist; check the path.")
-    if image.name.endswith(".dlabel.nii") or space == "fsLR":
-        raise DataError(
-            f"--atlas {image}: a custom atlas for CIFTI (fsLR) runs is not supported yet; give a "
-            "NIfTI label image for volumetric runs, or a Schaefer key for fsLR runs."
-        )
+    is_dlabel = image.name.endswith(".dlabel.nii")
+    if is_dlabel != (space == CIFTI_SPACE):
+        wanted = "a .dlabel.nii (CIFTI) atlas" if space == CIFTI_SPACE else "a NIfTI label image"
+        raise DataError(f"atlas {image.name} cannot parcellate runs in {space}: they take {wanted}.")
     entities = name_entities(image.name)
     named = entities.get("space") or entities.get("tpl")
     if named is not None and named != space:
@@ -284,11 +284,35 @@ def load_file_atlas(
         )
     if named is None:
         LOGGER.info("atlas %s names no space; taken to be in the runs' space %s", image.name, space)
-    table = label_table_of(image, root)
-    indices, names = read_label_table(table)
-    check_label_image(image, indices, table)
+    if is_dlabel:
+        table, (indices, names) = _dlabel_labels(image, root)
+    else:
+        table = label_table_of(image, root)
+        indices, names = read_label_table(table)
+        check_label_image(image, indices, table)
     spec = AtlasSpec(str(image), derived_label(image), source)
     return Atlas(spec, image, indices, names, space=space, root=root, link_name=link, labels_file=table)
+
+
+def _dlabel_labels(image: Path, root: Path | None) -> tuple[Path | None, tuple[tuple, tuple]]:
+    """A dlabel's label table: the TSV beside it when there is one (checked against the dlabel's
+    values), else the dlabel's own (:func:`neurossm_app.cifti.dlabel_table`)."""
+    from neurossm_app.cifti import dlabel_table, load_cifti
+
+    try:
+        table = label_table_of(image, root)
+    except InputMissingError:
+        return None, dlabel_table(image)
+    indices, names = read_label_table(table)
+    values = np.unique(np.asarray(load_cifti(image, "dlabel").dataobj)[0].astype(np.int64))
+    missing = sorted(set(values[values != 0].tolist()) - set(indices))
+    if missing:
+        shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+        raise DataError(
+            f"{len(missing)} label value(s) of atlas {image} are not in its label table {table.name} "
+            f"({shown}); add a row (index, name) for each."
+        )
+    return table, (indices, names)
 
 
 def dataset_atlas(datasets: dict[str, Path], request: str, space: str) -> Atlas:
@@ -339,7 +363,8 @@ def dataset_atlas(datasets: dict[str, Path], request: str, space: str) -> Atlas:
 
 
 def atlas_images(root: Path) -> list[Path]:
-    """The ``atlas-*_dseg`` NIfTI images of an atlas dataset, subject folders and sourcedata left out."""
+    """The ``atlas-*_dseg`` images (NIfTI, CIFTI dlabel) of an atlas dataset, subject folders and
+    sourcedata left out."""
     if not root.is_dir():
         raise InputMissingError(f"atlas dataset {root} does not exist; check -d atlases=PATH.")
     if not read_description(root):
@@ -349,7 +374,7 @@ def atlas_images(root: Path) -> list[Path]:
         subfolders[:] = sorted(s for s in subfolders if not _SKIPPED_FOLDERS.match(s))
         for file in sorted(files):
             stem, ext = split_extension(file)
-            if ext in (".nii.gz", ".nii") and stem.endswith("_dseg") and "atlas" in name_entities(file):
+            if ext in IMAGE_EXTENSIONS and stem.endswith("_dseg") and "atlas" in name_entities(file):
                 images.append(Path(folder) / file)
     return images
 

@@ -146,6 +146,32 @@ def test_atlas_outside_the_runs_field_of_view_is_refused(tmp_path):
         resolve_atlas(str(path), space=NLIN2009, reference=bold)
 
 
+def test_dlabel_atlas_for_fslr_runs(atlas_cache, tmp_path):
+    from neurossm_app.cifti import dlabel_table
+
+    synthetic = atlas_cache / "templateflow" / "tpl-fsLR"
+    dlabel = tmp_path / "tpl-fsLR_atlas-Mine_den-32k_dseg.dlabel.nii"
+    shutil.copy(next(synthetic.glob("*_desc-400Parcels17Networks_dseg.dlabel.nii")), dlabel)
+    indices, names = dlabel_table(dlabel)
+    atlas = resolve_atlas(str(dlabel), space="fsLR")  # no TSV: the dlabel's own table
+    assert (atlas.indices, atlas.names, atlas.spec.bids_label) == (indices, names, "Mine")
+    table = tmp_path / "tpl-fsLR_atlas-Mine_dseg.tsv"
+    pd.DataFrame({"index": indices, "name": [f"p{i}" for i in indices]}).to_csv(table, sep="\t", index=False)
+    assert resolve_atlas(str(dlabel), space="fsLR").names[:2] == ("p1", "p2")
+    pd.DataFrame({"index": indices[:-1], "name": names[:-1]}).to_csv(table, sep="\t", index=False)
+    with pytest.raises(DataError, match=f"1 label value.s. of atlas .* \\({indices[-1]}\\)"):
+        resolve_atlas(str(dlabel), space="fsLR")
+    dataset = tmp_path / "atlases" / "tpl-fsLR" / "anat"  # bids-examples' atlas-4S keeps its dlabels so
+    dataset.mkdir(parents=True)
+    shutil.copy(dlabel, dataset / "tpl-fsLR_atlas-Mine_scale-400_den-91k_dseg.dlabel.nii")
+    found = resolve_atlas("Mine", datasets={"atlases": tmp_path / "atlases"}, space="fsLR")
+    assert found.image.parent == dataset and found.names == names and found.spec.bids_label == "Mine"
+    with pytest.raises(DataError, match="cannot parcellate runs in MNI152NLin6Asym: they take a NIfTI"):
+        resolve_atlas(str(dlabel), space=NLIN6)
+    with pytest.raises(DataError, match="cannot parcellate runs in fsLR: they take a .dlabel.nii"):
+        resolve_atlas(str(_write(tmp_path, "v.nii.gz", LABELS, TABLE)), space="fsLR")
+
+
 def test_unknown_atlas_names_every_form():
     with pytest.raises(UsageError, match="-d atlases=PATH") as caught:
         resolve_atlas("Glasser", space=NLIN2009)
