@@ -41,22 +41,52 @@ def write_citation(
         atlases = _atlases(Path(output_dir), atlas)
         named = " and ".join(f"the {label} atlas ({n_rois} regions)" for label, n_rois, _ in atlases)
         bands = f"{settings.high_pass or 0}-{settings.low_pass or 'Nyquist'} Hz"
+        hcp = _from_hcp(Path(output_dir))
         lines.append(
-            f"Preprocessed BOLD runs (fMRIPrep, {space}) were parcellated"
-            f"{', separately,' if len(atlases) > 1 else ''} with {named} by averaging voxels within the "
-            f"brain mask. {'Each atlas was' if len(atlases) > 1 else 'The atlas was'} resampled to each "
-            f"run's grid with nearest-neighbour interpolation; regions with less than "
-            f"{settings.min_coverage:.0%} of their voxels inside the brain mask were excluded. "
-            f"Parcel signals were denoised with nilearn.signal.clean: linear detrending "
-            f"{'on' if settings.detrend else 'off'}, the '{settings.strategy}' fMRIPrep confound set, "
+            f"Preprocessed BOLD runs ({'HCP minimal preprocessing' if hcp else 'fMRIPrep'}, {space}) were "
+            f"parcellated{', separately,' if len(atlases) > 1 else ''} with {named} "
+            + _parcellation(space, len(atlases), settings.min_coverage)
+            + " Parcel signals were denoised with nilearn.signal.clean: linear detrending "
+            f"{'on' if settings.detrend else 'off'}, the '{settings.strategy}' confound set "
+            f"({'computed from the HCP motion parameters, wmparc and brain mask' if hcp else 'fMRIPrep'}), "
             f"Butterworth band-pass {bands}, standardization '{settings.standardize}'."
         )
-        references = list(dict.fromkeys(citation for _, _, citation in atlases if citation))
+        references = [_HCP_REFERENCE] if hcp else []
+        references += list(dict.fromkeys(citation for _, _, citation in atlases if citation))
         if references:
             lines += ["", "Atlas references:" if len(references) > 1 else "Atlas reference:"]
             lines += [f"- {citation}" for citation in references]
     lines += ["", "## References", "", _REFERENCES]
     return write_text(Path(output_dir) / "logs" / "CITATION.md", "\n".join(lines))
+
+
+_HCP_REFERENCE = (
+    "Glasser MF, et al. (2013). The minimal preprocessing pipelines for the Human Connectome Project. "
+    "NeuroImage 80:105-124."
+)
+
+
+def _from_hcp(output_dir: Path) -> bool:
+    """Whether OUTPUT_DIR's series come from HCP's own outputs (``--input-type hcp`` links ``hcp``)."""
+    from neurossm_app.bids import dataset_links
+
+    return any(re.fullmatch(r"hcp\d*", name) for name in dataset_links(output_dir))
+
+
+def _parcellation(space: str, n_atlases: int, min_coverage: float) -> str:
+    """How the series were parcellated: grayordinates (``fsLR``) or voxels."""
+    if space == "fsLR":
+        return (
+            "by averaging the 91k grayordinates of each parcel, matched to the fsLR 32k atlas by "
+            f"structure and vertex; regions with less than {min_coverage:.0%} of their grayordinates "
+            "in the dtseries were excluded."
+        )
+    each = "Each atlas was" if n_atlases > 1 else "The atlas was"
+    return (
+        f"by averaging voxels within the brain mask. {each} resampled to each run's grid with "
+        f"nearest-neighbour interpolation; regions with less than {min_coverage:.0%} of their voxels "
+        "inside the brain mask were excluded."
+    )
 
 
 def _atlases(output_dir: Path, atlas) -> list[tuple[str, int, str]]:

@@ -167,6 +167,9 @@ def test_hcp_grayordinates_equal_a_per_label_mean(cifti_outputs, hcp_dir, atlas_
         / f"{RUN}_space-fsLR_den-91k_atlas-Schaefer400n17_stat-coverage_bold.tsv"
     )
     assert (coverage["coverage"] == 1).all()
+    citation = (cifti_outputs / "logs" / "CITATION.md").read_text()
+    assert "(HCP minimal preprocessing, fsLR)" in citation and "91k grayordinates" in citation
+    assert "Glasser MF" in citation and "voxels within the brain mask" not in citation
 
 
 def test_fmriprep_cifti_output_is_read_with_space_fslr(tmp_path, atlas_cache):
