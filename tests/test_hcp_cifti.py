@@ -268,3 +268,36 @@ def test_hcp_run_names_map_as_xcp_d_maps_them():
         "subject": "100307", "task": "motor", "direction": "RL", "run": 1}  # fmt: skip
     assert hcp_run_entities("100307", "tfMRI_WM_LR")["task"] == "wm"
     assert hcp_run_entities("100307", "rfMRI_REST1_7T_PA") is None  # not an HCP-YA 3T run folder
+
+
+def test_a_run_whose_confounds_cannot_be_made_fails_alone(hcp_dir, tmp_path):
+    """A Movement_Regressors.txt shorter than its run fails that run (one line naming both files);
+    the subject's other run gets its table, in fMRIPrep's column names."""
+    import shutil
+
+    from neurossm_app.hcp import add_hcp_confounds, collect_hcp_runs
+
+    shutil.copytree(hcp_dir / "02", tmp_path / "HCP" / "02")
+    movement = tmp_path / "HCP/02/MNINonLinear/Results/tfMRI_WM_LR/Movement_Regressors.txt"
+    movement.write_text("".join(movement.read_text().splitlines(keepends=True)[:10]))
+    runs = collect_hcp_runs(tmp_path / "HCP")
+    done, failures = add_hcp_confounds(runs, tmp_path / "work", "36P", n_workers=2)
+    assert list(failures) == ["sub-02_task-wm_dir-LR_run-1"]
+    assert "has 10 rows but" in str(failures["sub-02_task-wm_dir-LR_run-1"])
+    table = pd.read_csv(done[0].confounds, sep="\t")
+    wanted = {"trans_x", "rot_z", "framewise_displacement", "white_matter", "csf", "global_signal"}
+    assert wanted <= set(table)
+    assert len(table) == 64 and np.isnan(table["framewise_displacement"][0])
+
+
+def test_hcp_task_names_are_the_task_presets_classes():
+    """HCP-YA's seven tasks become the task labels that the hcp-task preset's classes (and their
+    Neurosynth terms) are keyed by."""
+    from importlib import resources
+
+    from neurossm_app.hcp import hcp_run_entities
+
+    terms = json.loads((resources.files("neurossm_app") / "data/neurosynth/class_terms.json").read_text())
+    classes = {k for k, v in terms["presets"]["hcp-task"]["terms"].items() if v}
+    hcp = ("EMOTION", "GAMBLING", "LANGUAGE", "MOTOR", "RELATIONAL", "SOCIAL", "WM")
+    assert {hcp_run_entities("1", f"tfMRI_{name}_RL")["task"] for name in hcp} == classes
