@@ -47,7 +47,7 @@ def main() -> int:
     for seed in args.seeds:
         root = work / f"seed-{seed}"
         argv, truth, _, _ = write_dataset(root, seed)
-        extra = ["--n-permutations", "200", "--omp-nthreads", str(args.threads)]
+        extra = ["--n-null-maps", "200", "--omp-nthreads", str(args.threads)]
         if neurossm_app([*argv, *extra]) != 0:
             print(f"seed {seed}: the group level failed", file=sys.stderr)
             return 1

@@ -138,7 +138,7 @@ def write_dataset(root: Path, seed: int) -> tuple[list[str], dict, list[str], Pa
 def analysed(tmp_path_factory, atlas_cache):
     root = tmp_path_factory.mktemp("cpa-e2e")
     argv, truth, names, neurosynth = write_dataset(root, seed=11)
-    assert main([*argv, "--n-permutations", "500"]) == 0
+    assert main([*argv, "--n-null-maps", "500"]) == 0  # the default null: brainsmash
     return root / "out" / "group" / "hcp-task", truth, names, neurosynth
 
 
@@ -211,13 +211,13 @@ def test_reference_scores_are_positive(analysed):
     assert scores.loc["wm", "term"] == "working memory"
     effects = scores.loc[list(TASKS)]
     assert (effects["partial_r"] > 0).all(), effects["partial_r"].to_dict()
-    assert (effects["n_permutations"] == 500).all()
-    # p = (1 + #{r_perm >= r}) / (1 + 500): a whole number of permutations, and on the planted
-    # effects none or almost none of them reaches r (measured: p = 1/501 for all three classes;
-    # r of 0.3 over 400 ROIs is about 6 null SDs).
-    exceeding = effects["permutation_p"] * 501 - 1
-    assert np.allclose(exceeding, exceeding.round(), atol=1e-3), effects["permutation_p"].to_dict()
-    assert (effects["permutation_p"] <= 0.01).all(), effects["permutation_p"].to_dict()
+    assert (effects["n_null_maps"] == 500).all() and (effects["null_model"] == "brainsmash").all()
+    # p = (1 + #{r_null >= r}) / (1 + 500): a whole number of surrogates, and on the planted
+    # effects none or almost none of them reaches r (measured: p = 1/501 for all three classes
+    # under the spatial null too, partial r 0.30-0.37).
+    exceeding = effects["p_value"] * 501 - 1
+    assert np.allclose(exceeding, exceeding.round(), atol=1e-3), effects["p_value"].to_dict()
+    assert (effects["p_value"] <= 0.01).all(), effects["p_value"].to_dict()
     # rest has no Neurosynth term: CPA maps only, no score
     assert pd.isna(scores.loc["rest", "term"]) and pd.isna(scores.loc["rest", "partial_r"])
 

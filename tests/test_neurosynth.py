@@ -163,7 +163,7 @@ def test_roi_volume_top_mask_and_scores():
     specific = rng.standard_normal(60)
     x = shared + specific
     y = 2 * shared + specific + 0.1 * rng.standard_normal(60)
-    r, p = maps.partial_correlation(x, y, shared[:, None], n_permutations=300, seed=1)
+    r, p = maps.partial_correlation(x, y, shared[:, None], n_null=300, seed=1)
     assert r > 0.95 and p == pytest.approx(1 / 301)
     noise_x, noise_y = np.random.default_rng(12).standard_normal((2, 60))
     r0, p0 = maps.partial_correlation(shared + noise_x, shared + noise_y, shared[:, None], 300, 1)

@@ -114,7 +114,8 @@ def analysis_options(opts: argparse.Namespace):
         neurosynth_dir=opts.neurosynth_dir,
         class_terms=opts.class_terms,
         cpa_subjects=opts.cpa_subjects,
-        n_permutations=opts.n_permutations,
+        null_model=opts.null_model,
+        n_null_maps=opts.n_null_maps,
         atlas_dir=getattr(opts, "atlas_dir", None),
     )
 

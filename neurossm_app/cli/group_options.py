@@ -14,6 +14,7 @@ from pathlib import Path
 
 from neurossm_app.argtypes import abs_path, non_negative_int
 from neurossm_app.group.neurosynth import default_neurosynth_dir
+from neurossm_app.group.nulls import NULL_MODELS
 from neurossm_app.group.presets import (
     AUGMENTATIONS,
     DEFAULT_PRESET,
@@ -272,9 +273,18 @@ def _add_analysis_options(parser: argparse.ArgumentParser) -> None:
         help="held-out scans averaged into the class maps: correctly classified ones, or all",
     )
     group.add_argument(
-        "--n-permutations",
+        "--null-model",
+        choices=NULL_MODELS,
+        default=NULL_MODELS[0],
+        help="null of the reference score's p-value: brainsmash, surrogate maps with the CPA map's "
+        "spatial autocorrelation (variogram-matched on the distances between ROI centroids; Burt et al. "
+        "2020), or permutation, ROI permutations (ignore spatial autocorrelation, p too small)",
+    )
+    group.add_argument(
+        "--n-null-maps",
         type=non_negative_int,
         default=1000,
         metavar="N",
-        help="ROI permutations of the reference score's p-value",
+        help="surrogates or permutations of the reference score's p-value; p is shown to floor(log10 N) "
+        "decimals (0: no p-value)",
     )

@@ -103,6 +103,37 @@ def parcellate(image, atlas_img, indices: np.ndarray) -> np.ndarray:
     return out
 
 
+def roi_centroids(atlas_img, indices: np.ndarray) -> np.ndarray:
+    """The centre of mass of every ROI's voxels in the atlas image's world space, (R, 3) mm.
+
+    Parameters
+    ----------
+    atlas_img : nibabel.Nifti1Image
+        Integer label image.
+    indices : numpy.ndarray, (R,) int
+        Label values of the ROIs.
+
+    Returns
+    -------
+    numpy.ndarray, (R, 3) float64
+        NaN rows for ROIs without a voxel.
+    """
+    labels = np.asarray(atlas_img.dataobj).astype(np.int64)
+    size = max(int(labels.max()), int(np.max(indices))) + 1
+    flat = np.clip(labels, 0, None).ravel()
+    counts = np.bincount(flat, minlength=size)
+    sums = []
+    for axis, length in enumerate(labels.shape):  # one voxel-index axis at a time (1 mm atlases are big)
+        shape = [1, 1, 1]
+        shape[axis] = length
+        index = np.broadcast_to(np.arange(length, dtype=np.float64).reshape(shape), labels.shape)
+        sums.append(np.bincount(flat, weights=index.ravel(), minlength=size))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.stack(sums) / counts
+    ijk = means[:, np.asarray(indices)]  # (3, R) voxel coordinates
+    return (atlas_img.affine[:3, :3] @ ijk + atlas_img.affine[:3, 3:]).T
+
+
 def top_mask(values: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndarray:
     """Boolean mask of the ``ceil(fraction * R)`` largest values (ties broken by ROI order), (R,)."""
     values = np.asarray(values, dtype=np.float64)
@@ -120,11 +151,14 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / total) if total else float("nan")
 
 
+def _design(n_rois: int, covariates: np.ndarray) -> np.ndarray:
+    """An intercept and ``covariates`` (R, K), (R, K + 1)."""
+    return np.column_stack([np.ones(n_rois), np.asarray(covariates, dtype=np.float64).reshape(n_rois, -1)])
+
+
 def residualize(values: np.ndarray, covariates: np.ndarray) -> np.ndarray:
     """Least-squares residual of ``values`` (R,) on an intercept and ``covariates`` (R, K)."""
-    design = np.column_stack(
-        [np.ones(len(values)), np.asarray(covariates, dtype=np.float64).reshape(len(values), -1)]
-    )
+    design = _design(len(values), covariates)
     beta, *_ = np.linalg.lstsq(design, values, rcond=None)
     return values - design @ beta
 
@@ -136,32 +170,43 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def partial_correlation(
-    x: np.ndarray, y: np.ndarray, covariates: np.ndarray, n_permutations: int = 1000, seed: int = 0
+    x: np.ndarray,
+    y: np.ndarray,
+    covariates: np.ndarray,
+    n_null: int = 1000,
+    seed: int = 0,
+    null_model: str = "permutation",
+    distances: np.ndarray | None = None,
 ) -> tuple[float, float]:
-    """Partial correlation of ``x`` and ``y`` given ``covariates``, with a permutation p-value.
+    """Partial correlation of ``x`` and ``y`` given ``covariates``, with a one-sided p-value.
 
     Both vectors are residualized on an intercept and the covariates (least squares); r is the
-    Pearson correlation of the residuals. The p-value is one-sided (r greater than by chance):
-    the residuals of ``y`` are permuted across ROIs ``n_permutations`` times (seeded),
-    ``p = (1 + #{r_perm >= r}) / (1 + n_permutations)``. ROI permutations ignore spatial
-    autocorrelation, so p is optimistic for smooth maps.
+    Pearson correlation of the residuals. The null: ``n_null`` maps of the residual of ``y``
+    (:func:`neurossm_app.group.nulls.null_maps`: BrainSMASH surrogates that keep its spatial
+    autocorrelation, given the ROIs' ``distances``, or ROI permutations, which do not), each
+    residualized like ``y`` and correlated with the residual of ``x``;
+    ``p = (1 + #{r_null >= r}) / (1 + n_null)`` (r greater than by chance).
 
     Returns
     -------
     r, p : float
-        NaN when a residual is constant; ``p`` is NaN without permutations.
+        NaN when a residual is constant; ``p`` is NaN without null maps.
     """
+    from neurossm_app.group.nulls import null_maps
+
+    design = _design(len(x), covariates)
     rx = residualize(np.asarray(x, float), covariates)
     ry = residualize(np.asarray(y, float), covariates)
     r = _correlation(rx, ry)
-    if not np.isfinite(r) or n_permutations < 1:
+    if not np.isfinite(r) or n_null < 1:
         return r, float("nan")
-    rng = np.random.default_rng(seed)
+    maps = null_maps(ry, n_null, seed, null_model, distances)  # (N, R)
+    residuals = maps - (maps @ np.linalg.pinv(design).T) @ design.T  # each residualized like y
+    residuals -= residuals.mean(axis=1, keepdims=True)
     rx_c = (rx - rx.mean()) / np.linalg.norm(rx - rx.mean())
-    ry_c = (ry - ry.mean()) / np.linalg.norm(ry - ry.mean())
-    permuted = np.stack([ry_c[rng.permutation(len(ry_c))] for _ in range(n_permutations)])  # (N, R)
-    null = permuted @ rx_c
-    return r, float((1 + np.sum(null >= r - 1e-12)) / (1 + n_permutations))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        null = (residuals @ rx_c) / np.linalg.norm(residuals, axis=1)
+    return r, float((1 + np.sum(null >= r - 1e-12)) / (1 + n_null))
 
 
 def save_nifti(path: Path, image, sidecar: dict[str, Any] | None = None) -> Path:
@@ -217,3 +262,7 @@ class AtlasGrid:
     def parcellate(self, image) -> np.ndarray:
         """:func:`parcellate` of ``image`` with this atlas, (R,) (NaN for an ROI without voxels)."""
         return parcellate(image, self.image, self.indices)
+
+    def centroids(self) -> np.ndarray:
+        """:func:`roi_centroids` of this atlas, (R, 3) mm."""
+        return roi_centroids(self.image, self.indices)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neurossm_app.errors import UsageError
+from neurossm_app.group.nulls import NULL_MODELS
 
 CPA_SUBJECTS = ("correct", "all")
 
@@ -23,10 +24,13 @@ class AnalysisOptions:
         ``--class-terms`` JSON file replacing the preset's class -> term table.
     cpa_subjects
         ``correct`` (class means over correctly classified scans) or ``all``.
-    n_permutations
-        ROI permutations of the reference score's p-value.
-    permutation_seed
-        Seed of the permutations (class k uses ``permutation_seed + k``).
+    null_model
+        The reference score's null: ``brainsmash`` (variogram-matched surrogates on the ROI
+        centroids' distances) or ``permutation`` (ROI permutations).
+    n_null_maps
+        Null maps (surrogates or permutations) of the reference score's p-value.
+    null_seed
+        Seed of the null maps (class k uses ``null_seed + k``).
     atlas_dir
         nilearn data directory for AAL3v2 (``--atlas-dir``).
 
@@ -37,8 +41,9 @@ class AnalysisOptions:
     neurosynth_dir: Path
     class_terms: Path | None = None
     cpa_subjects: str = "correct"
-    n_permutations: int = 1000
-    permutation_seed: int = 0
+    null_model: str = "brainsmash"
+    n_null_maps: int = 1000
+    null_seed: int = 0
     atlas_dir: Path | None = None
 
     def __post_init__(self) -> None:
@@ -46,5 +51,9 @@ class AnalysisOptions:
             raise UsageError(
                 f"--cpa-subjects must be one of {', '.join(CPA_SUBJECTS)}, got {self.cpa_subjects!r}."
             )
-        if self.n_permutations < 0:
-            raise UsageError(f"--n-permutations must not be negative (got {self.n_permutations}).")
+        if self.null_model not in NULL_MODELS:
+            raise UsageError(
+                f"--null-model must be one of {', '.join(NULL_MODELS)}, got {self.null_model!r}."
+            )
+        if self.n_null_maps < 0:
+            raise UsageError(f"--n-null-maps must not be negative (got {self.n_null_maps}).")

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from neurossm_app.atlases import ATLASES
-from neurossm_app.errors import InputMissingError
+from neurossm_app.errors import InputMissingError, UsageError
 from neurossm_app.files import write_json
 from neurossm_app.group.analysis.class_means import ClassMean, class_means, warn_classes_without_mean
 from neurossm_app.group.analysis.cpa_cache import held_out_cpa
@@ -23,7 +23,7 @@ from neurossm_app.group.analysis.references import (
     reference_vectors,
     term_map_cache,
 )
-from neurossm_app.group.analysis.scoring import reference_score
+from neurossm_app.group.analysis.scoring import NullModel, reference_score
 from neurossm_app.group.analysis.writers import (
     write_class_means,
     write_cpa_maps,
@@ -33,6 +33,7 @@ from neurossm_app.group.analysis.writers import (
 )
 from neurossm_app.group.data import GroupDataset
 from neurossm_app.group.maps import AtlasGrid
+from neurossm_app.group.nulls import MIN_ROIS, centroid_distances, format_p
 from neurossm_app.group.presets import GroupSettings
 from neurossm_app.provenance import GROUP_PACKAGES, software_versions
 
@@ -51,11 +52,15 @@ class AnalysisInputs:
         The atlas image, its label values matched to the ROI names of the time series.
     cache : Path or None
         Where term maps are cached (``None``: no class has a term).
+    distances : numpy.ndarray or None
+        (R, R) distances between the ROI centroids (mm) for the brainsmash null (``None``: no
+        class has a term, or ``--null-model permutation``).
     """
 
     class_terms: ClassTerms
     grid: AtlasGrid
     cache: Path | None
+    distances: np.ndarray | None = None
 
 
 def prepare_analysis(
@@ -93,8 +98,35 @@ def prepare_analysis(
         class_terms = ClassTerms(dict.fromkeys(classes), f"none ({options.neurosynth_dir} incomplete)", None)
     if class_terms.database is not None:
         class_terms.database.vocabulary  # noqa: B018 - read now: a damaged file fails before training
-    grid = AtlasGrid.load(get_atlas(settings.atlas, options.atlas_dir), roi_names)
-    return AnalysisInputs(class_terms, grid, term_map_cache(class_terms, run_dir))
+    if settings.atlas in ATLASES:
+        atlas = get_atlas(settings.atlas, options.atlas_dir)
+    else:  # an atlas of the user's: the image its series were made with (their sidecars say which)
+        from neurossm_app.group.atlas_choice import atlas_of_series
+
+        atlas = atlas_of_series(run_dir.parent.parent, settings.atlas)
+    grid = AtlasGrid.load(atlas, roi_names)
+    distances = null_distances(options, grid) if class_terms.database is not None else None
+    return AnalysisInputs(class_terms, grid, term_map_cache(class_terms, run_dir), distances)
+
+
+def null_distances(options: AnalysisOptions, grid: AtlasGrid) -> np.ndarray | None:
+    """The ROI centroids' distances for ``--null-model brainsmash`` (None for permutations).
+
+    Raises
+    ------
+    UsageError
+        Fewer than :data:`~neurossm_app.group.nulls.MIN_ROIS` ROIs with voxels in the atlas image.
+    """
+    if options.null_model != "brainsmash" or options.n_null_maps < 1:
+        return None
+    distances = centroid_distances(grid.centroids())
+    located = int(np.isfinite(np.diagonal(distances)).sum())
+    if located < MIN_ROIS:
+        raise UsageError(
+            f"--null-model brainsmash fits a variogram over at least {MIN_ROIS} ROIs; the atlas image "
+            f"{grid.image_path} has voxels for {located} of the series' ROIs. Use --null-model permutation."
+        )
+    return distances
 
 
 def run_cpa_analysis(
@@ -172,7 +204,10 @@ def write_analysis(
     pathway_names = records[0]["pathway_names"]
     write_class_means(cpa_dir, atlas_label, classes, means, pathway_names, roi_names)
     references, reference_info = reference_vectors(class_terms, classes, means, grid, inputs.cache)
-    results = ClassResults(classes, roi_names, pathway_names, means, class_terms, references, reference_info)
+    null = NullModel(options.null_model, options.n_null_maps, options.null_seed, inputs.distances)
+    results = ClassResults(
+        classes, roi_names, pathway_names, means, class_terms, references, reference_info, null
+    )
     rows = [write_class(results, k, maps_dir, atlas_label, grid, options) for k in range(len(classes))]
     write_scores(maps_dir, atlas_label, rows)
     summary = {
@@ -200,6 +235,8 @@ class ClassResults:
     references, reference_info : dict
         Class index -> (R,) reference vector / its term map's sidecar (classes with a term and a
         class mean).
+    null : NullModel
+        The reference scores' null.
     """
 
     classes: tuple[str, ...]
@@ -209,6 +246,7 @@ class ClassResults:
     terms: ClassTerms
     references: dict[int, np.ndarray]
     reference_info: dict[int, dict[str, Any]]
+    null: NullModel
 
 
 def write_class(
@@ -234,13 +272,13 @@ def write_class(
     if reference is not None:
         info = results.reference_info[label]
         row["n_studies_term"] = info["n_studies_term"]
-        row |= reference_score(
-            label, results.means, results.references, options.n_permutations, options.permutation_seed
-        )
+        row |= reference_score(label, results.means, results.references, results.null)
         write_reference_maps(maps_dir, atlas_label, name, reference, info, grid)
         LOGGER.info(
-            "class %s (term %r): partial r %.3f (p %.4f), Dice of the top 25%% %.3f, %d subject(s)",
-            name, row["term"], row["partial_r"], row["permutation_p"], row["dice_top25"], row["n_subjects"],
+            "class %s (term %r): partial r %.3f (p %s, %d %s null maps), Dice of the top 25%% %.3f, "
+            "%d subject(s)", name, row["term"], row["partial_r"],
+            format_p(row["p_value"], row["n_null_maps"]), row["n_null_maps"], row["null_model"],
+            row["dice_top25"], row["n_subjects"],
         )  # fmt: skip
     write_roi_table(maps_dir, atlas_label, name, results.roi_names, mean, reference, results.pathway_names)
     return row
