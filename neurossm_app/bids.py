@@ -240,7 +240,9 @@ def output_layout(output_dir: Path, database_path: Path | None = None):
     """The pybids layout of the participant-level outputs in OUTPUT_DIR (:func:`pybids_config`).
 
     ``group/``, ``logs/``, ``code/`` and ``sourcedata/`` are left out of the index: they hold no
-    participant-level outputs (``group/`` holds the group level's own files). With
+    participant-level outputs (``group/`` holds the group level's own files). So are all files
+    but the ``_timeseries.tsv`` ones (sidecars, coverage, reports: the group level opens a sidecar
+    by its path), a third of the files to index and query at group level. With
     ``database_path``, pybids saves its index there, or loads it when one is there
     (:mod:`neurossm_app.group.output_index` decides when it is still valid).
     """
@@ -250,7 +252,12 @@ def output_layout(output_dir: Path, database_path: Path | None = None):
     from bids.layout import BIDSLayoutIndexer
 
     indexer = BIDSLayoutIndexer(
-        validate=False, index_metadata=False, ignore=[re.compile(r"/(group|logs|code|sourcedata)/")]
+        validate=False,
+        index_metadata=False,
+        ignore=[
+            re.compile(r"/(group|logs|code|sourcedata)/"),
+            re.compile(r"/[^/]*\.[^/]*(?<!_timeseries\.tsv)$"),  # a file, not a series
+        ],
     )
     return BIDSLayout(
         output_dir, validate=False, config=pybids_config(), indexer=indexer, is_derivative=True,

@@ -203,7 +203,8 @@ def test_background_loader_cuts_the_same_batches(cohort, tmp_path):
         list(bg)
 
 
-def test_the_saved_pybids_index_is_reused_until_a_run_is_added(cohort, tmp_path, caplog):
+def test_the_saved_pybids_index_is_reused_until_a_run_is_added(cohort, tmp_path, caplog, monkeypatch):
+    from neurossm_app.group import output_index
     from neurossm_app.group.output_index import indexed_output_layout
 
     _, out = cohort
@@ -211,9 +212,14 @@ def test_the_saved_pybids_index_is_reused_until_a_run_is_added(cohort, tmp_path,
     query = {"suffix": "timeseries", "extension": ".tsv", "return_type": "filename"}
     with caplog.at_level(logging.INFO, logger="neurossm_app"):
         first = indexed_output_layout(out, tmp_path / "db").get(**query)
-        again = indexed_output_layout(out, tmp_path / "db").get(**query)
+        indexed_output_layout(out, tmp_path / "db").get(**{**query, "return_type": "object"})
+        with monkeypatch.context() as patch:  # the saved answer: no pybids at all
+            patch.setattr(output_index, "output_layout", _refuse)
+            again = indexed_output_layout(out, tmp_path / "db").get(**query)
+            objects = indexed_output_layout(out, tmp_path / "db").get(**{**query, "return_type": "object"})
     assert sorted(first) == sorted(again) and len(first) == 8
-    assert sum("reusing the pybids index" in r.getMessage() for r in caplog.records) == 1
+    assert sum("reusing the pybids index" in r.getMessage() for r in caplog.records) == 2
+    assert sorted(f.path for f in objects) == sorted(first) and objects[0].entities["atlas"] == ATLAS
     new = next(out.glob("sub-04/func/*_timeseries.tsv"))
     os.link(new, new.with_name(new.name.replace("task-rest", "task-rest_run-2")))
     assert len(indexed_output_layout(out, tmp_path / "db").get(**query)) == 9

@@ -151,7 +151,8 @@ def compute_cpa(model: nn.Module, series: np.ndarray, target: int, device: torch
     CPAResult
     """
     model.eval()
-    x = torch.as_tensor(np.ascontiguousarray(series), dtype=torch.float32, device=device)[None]  # (1, R, T)
+    # a copy: a scan of the series cache is a read-only view of its memory map
+    x = torch.as_tensor(np.array(series, dtype=np.float32), device=device)[None]  # (1, R, T)
     n_classes = int(model.config.n_classes)
     if not 0 <= target < n_classes:
         raise ValueError(f"target class {target} is outside the model's {n_classes} classes")
