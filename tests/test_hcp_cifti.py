@@ -1,7 +1,7 @@
 """HCP-YA inputs (``--input-type hcp``) and CIFTI grayordinates (``--space fsLR``), through the real CLIs.
 
-One small HCP-layout dataset from ``neurossm-synth --layout hcp --cifti`` (4 subjects, motor and
-wm, 64 volumes) serves every test. The references are written here without neurossm_app's code:
+One small HCP-layout dataset from ``neurossm-synth --layout hcp --cifti`` (2 subjects, motor and
+wm, 64 volumes, 6 mm voxels) serves every test. The references are written here without neurossm_app's code:
 confounds from the HCP files with pandas and numpy, volumetric series with nilearn's
 ``NiftiLabelsMasker``, grayordinate series as a plain per-label mean over nibabel's CIFTI-2 axes,
 each cleaned with ``nilearn.signal.clean`` as the sidecar says.
@@ -33,7 +33,7 @@ def hcp_dir(tmp_path_factory, atlas_cache):
     from neurossm_app.synthetic.cli import main as synth
 
     root = tmp_path_factory.mktemp("hcp") / "HCP"
-    argv = [str(root), "--layout", "hcp", "--cifti", "--subjects", "4", "--tasks", "motor,wm", "--volumes",
+    argv = [str(root), "--layout", "hcp", "--cifti", "--subjects", "2", "--tasks", "motor,wm", "--volumes",
             "64", "--voxel-size", "6", "--seed", "3", "--atlas-cache", str(atlas_cache)]  # fmt: skip
     assert synth(argv) == 0
     return root
