@@ -110,10 +110,17 @@ def collect_hcp_runs(
     bids_filters: dict[str, dict[str, Any]] | None = None,
     space: str | None = None,
     link: str = HCP_LINK,
-) -> list[BoldRun]:
+) -> tuple[list[BoldRun], dict[str, NeurossmError]]:
     """The HCP runs selected, volumetric (``MNI152NLin6Asym``) or, with ``space`` ``fsLR``, CIFTI.
 
-    The runs' ``confounds`` are ``None`` until :func:`add_hcp_confounds` computes them.
+    Returns
+    -------
+    runs : list of BoldRun
+        Their ``confounds`` are ``None`` until :func:`add_hcp_confounds` computes them. A run that
+        lacks a file (or a TR) is listed too, after the others, as a record of its name only.
+    failures : dict
+        Those runs' names -> the error (one line naming the files): the call leaves them out and
+        processes the others, as the pre-flight does.
     """
     if space not in (None, HCP_SPACE, CIFTI_SPACE):
         raise UsageError(
@@ -138,19 +145,25 @@ def collect_hcp_runs(
         query["session"] = session_labels  # HCP-YA has no sessions: selects nothing
     if task_ids:
         query["task"] = [t.lower() for t in task_ids]
-    runs = []
+    runs, failed, failures = [], [], {}
     for subject in participant_labels or subjects:
         for folder in sorted((hcp_dir / subject / "MNINonLinear" / "Results").iterdir()):
             entities = hcp_run_entities(subject, folder.name)
-            if entities is not None and _matches(entities, query):
+            if entities is None or not _matches(entities, query):
+                continue
+            try:
                 runs.append(_hcp_run(hcp_dir, folder, entities, space, link))
+            except (InputMissingError, DataError) as err:
+                failed.append(BoldRun(folder / f"{folder.name}.nii.gz", None, None, 0.0, entities, space))
+                failures[failed[-1].name] = err
+    runs += failed  # the first run is a complete one (the atlas is checked against it)
     if not runs:
         shown = ", ".join(f"{k}={v}" for k, v in query.items()) or "no filters"
         raise NoFilesSelectedError(
             f"no HCP runs (<subject>/MNINonLinear/Results/[rt]fMRI_<TASK>_<LR|RL>) in {hcp_dir} "
             f"matched ({shown}); check the labels and filters."
         )
-    return runs
+    return runs, failures
 
 
 def _first(*candidates: Path) -> Path | None:
@@ -335,19 +348,27 @@ def _confounds_file(run: BoldRun, folder: Path, with_signals: bool, n_threads: i
 
 
 def add_hcp_confounds(
-    runs: list[BoldRun], folder: Path, strategy: str, n_workers: int = 1
+    runs: list[BoldRun],
+    folder: Path,
+    strategy: str,
+    n_workers: int = 1,
+    failures: dict[str, NeurossmError] | None = None,
 ) -> tuple[list[BoldRun], dict[str, NeurossmError]]:
     """Compute (or reuse, from ``folder``) each run's confounds table; ``runs`` with it set, and
-    the runs whose table could not be made (run name -> error), which the call leaves out.
+    the runs whose table could not be made (run name -> error), which the call leaves out, with
+    ``failures`` (runs :func:`collect_hcp_runs` could not complete: not tried again).
 
     The WM, CSF and global signals are computed only for strategies that use them.
     """
+    failures = dict(failures or {})
     from neurossm_app.participant.clean import CONFOUND_STRATEGIES
 
     kwargs = CONFOUND_STRATEGIES.get(strategy) or {"strategy": ()}
     with_signals = bool({"wm_csf", "global_signal"} & set(kwargs["strategy"]))
 
     def one(run: BoldRun) -> BoldRun | NeurossmError:
+        if run.name in failures:
+            return failures[run.name]
         try:
             return replace(run, confounds=_confounds_file(run, folder, with_signals, 1))
         except NeurossmError as err:
@@ -355,6 +376,8 @@ def add_hcp_confounds(
 
     with ThreadPoolExecutor(max_workers=max(1, n_workers)) as pool:
         results = list(pool.map(one, runs))
-    failures = {run.name: r for run, r in zip(runs, results, strict=True) if isinstance(r, NeurossmError)}
+    failures.update(
+        (run.name, r) for run, r in zip(runs, results, strict=True) if isinstance(r, NeurossmError)
+    )
     done = [r if isinstance(r, BoldRun) else run for run, r in zip(runs, results, strict=True)]
     return done, failures

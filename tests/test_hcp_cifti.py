@@ -270,9 +270,10 @@ def test_hcp_run_names_map_as_xcp_d_maps_them():
     assert hcp_run_entities("100307", "rfMRI_REST1_7T_PA") is None  # not an HCP-YA 3T run folder
 
 
-def test_a_run_whose_confounds_cannot_be_made_fails_alone(hcp_dir, tmp_path):
-    """A Movement_Regressors.txt shorter than its run fails that run (one line naming both files);
-    the subject's other run gets its table, in fMRIPrep's column names."""
+def test_hcp_runs_that_cannot_be_read_fail_alone(hcp_dir, tmp_path):
+    """A run without its brain mask, and one whose Movement_Regressors.txt is shorter than the run,
+    fail alone (one line each, naming the files); the other runs get their confounds tables, in
+    fMRIPrep's column names."""
     import shutil
 
     from neurossm_app.hcp import add_hcp_confounds, collect_hcp_runs
@@ -280,9 +281,14 @@ def test_a_run_whose_confounds_cannot_be_made_fails_alone(hcp_dir, tmp_path):
     shutil.copytree(hcp_dir / "02", tmp_path / "HCP" / "02")
     movement = tmp_path / "HCP/02/MNINonLinear/Results/tfMRI_WM_LR/Movement_Regressors.txt"
     movement.write_text("".join(movement.read_text().splitlines(keepends=True)[:10]))
-    runs = collect_hcp_runs(tmp_path / "HCP")
-    done, failures = add_hcp_confounds(runs, tmp_path / "work", "36P", n_workers=2)
-    assert list(failures) == ["sub-02_task-wm_dir-LR_run-1"]
+    (tmp_path / "HCP/02/MNINonLinear/Results/tfMRI_MOTOR_LR/brainmask_fs.2.nii.gz").unlink()
+    shutil.copytree(hcp_dir / "01", tmp_path / "HCP" / "01")
+    runs, incomplete = collect_hcp_runs(tmp_path / "HCP")
+    assert list(incomplete) == ["sub-02_task-motor_dir-LR_run-1"]
+    assert "lacks brainmask_fs.2.nii.gz" in str(incomplete["sub-02_task-motor_dir-LR_run-1"])
+    assert runs[-1].name == "sub-02_task-motor_dir-LR_run-1"  # after the complete runs
+    done, failures = add_hcp_confounds(runs, tmp_path / "work", "36P", n_workers=2, failures=incomplete)
+    assert sorted(failures) == ["sub-02_task-motor_dir-LR_run-1", "sub-02_task-wm_dir-LR_run-1"]
     assert "has 10 rows but" in str(failures["sub-02_task-wm_dir-LR_run-1"])
     table = pd.read_csv(done[0].confounds, sep="\t")
     wanted = {"trans_x", "rot_z", "framewise_displacement", "white_matter", "csf", "global_signal"}

@@ -175,9 +175,10 @@ def _hcp_runs(opts: argparse.Namespace, settings, selection: dict):
 
     check_hcp_settings(settings.strategy, settings.std_dvars_threshold)
     hcp_dir = find_hcp_dir(opts.bids_dir, opts.derivatives)
-    runs = collect_hcp_runs(hcp_dir, **selection, link=free_link_name(opts.output_dir, HCP_LINK, hcp_dir))
+    link = free_link_name(opts.output_dir, HCP_LINK, hcp_dir)
+    runs, incomplete = collect_hcp_runs(hcp_dir, **selection, link=link)
     folder = opts.work_dir / f"neurossm_{__version__.replace('.', '_')}" / "hcp_confounds"
-    return add_hcp_confounds(runs, folder, settings.strategy, opts.nprocs)
+    return add_hcp_confounds(runs, folder, settings.strategy, opts.nprocs, incomplete)
 
 
 def _dataset_links(opts: argparse.Namespace, output_dir: Path, atlas) -> dict[str, Path]:
