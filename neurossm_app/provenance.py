@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import platform
+import shlex
+import time
 from importlib import metadata
+from typing import Any
 
 from neurossm_app import __version__
 
@@ -31,3 +34,19 @@ def software_versions(packages: tuple[str, ...]) -> dict[str, str]:
             versions[name] = "not installed"
     versions["python"] = platform.python_version()
     return versions
+
+
+def call_provenance(
+    command_line: list[str] | None, packages: tuple[str, ...] = REPORT_PACKAGES
+) -> dict[str, Any]:
+    """What made a call's outputs, for its records and reports: the neurossm-app version, the
+    exact command line, the date and the versions of ``packages``."""
+    versions = software_versions(packages)
+    return {
+        "neurossm-app": versions["neurossm-app"],
+        "command_line": shlex.join(command_line)
+        if command_line
+        else "unknown (not called from the command line)",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "software": versions,
+    }

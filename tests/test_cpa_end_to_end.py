@@ -326,3 +326,6 @@ def test_group_report_renders_every_section(analysed, tmp_path):
     assert all(width > 100 and height > 50 for width, height in page.figure_sizes)
     assert all(f"class {label}" in page.headings for label in CLASSES)
     assert "±" in page.text and "partial_r" in page.text  # numbers readable as text too
+    # p at the precision of 500 surrogates (1/501 reads "< 0.01", never 0.0020), the null named
+    assert "< 0.01" in page.text and "BrainSMASH" in page.text and "0.0020" not in page.text
+    assert "Provenance" in page.headings and "correctly classified held-out scans" in page.text

@@ -102,7 +102,7 @@ def run_prediction(request: PredictRequest) -> Path:
     UsageError
         The run folder holds something else (64).
     """
-    from neurossm_app.group.run import call_provenance
+    from neurossm_app.provenance import call_provenance
 
     with held_log_records() as earlier:
         check_request(request)

@@ -20,8 +20,6 @@ that step's inputs. ``OUTPUT_DIR/group/<run-name>/`` then holds:
 from __future__ import annotations
 
 import logging
-import shlex
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +55,7 @@ from neurossm_app.group.splits import (
 )
 from neurossm_app.group.train import resolve_device
 from neurossm_app.group.units import read_marker, run_unit, unit_dir
-from neurossm_app.provenance import REPORT_PACKAGES, software_versions
+from neurossm_app.provenance import call_provenance
 
 LOGGER = logging.getLogger("neurossm_app")
 
@@ -241,19 +239,6 @@ def check_analysis(settings: GroupSettings, dataset: GroupDataset, analysis, run
     from neurossm_app.group.analysis import prepare_analysis
 
     return prepare_analysis(settings, dataset.classes, dataset.roi_names, analysis, run_dir)
-
-
-def call_provenance(command_line: list[str] | None) -> dict[str, Any]:
-    """The ``provenance`` of ``summary.json`` and the report: version, command line, date, software."""
-    versions = software_versions(REPORT_PACKAGES)
-    return {
-        "neurossm-app": versions["neurossm-app"],
-        "command_line": shlex.join(command_line)
-        if command_line
-        else "unknown (not called from the command line)",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "software": versions,
-    }
 
 
 def select_units(settings: GroupSettings, fold: int | None, seed: int | None) -> list[tuple[int, int]]:

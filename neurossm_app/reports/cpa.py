@@ -6,6 +6,7 @@ the ROI-space maps in ``RUN_DIR/maps/`` and the Neurosynth reference scores tabl
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -40,19 +41,21 @@ def weights_svg(class_means: pd.DataFrame) -> str:
     return figure_to_svg(fig)
 
 
-def glass_brain_svg(stat_map: Path, title: str) -> str:
-    """A glass-brain view of an ROI-space map."""
+def glass_brain_svg(stat_map: Path, title: str, signed: bool = False) -> str:
+    """A glass-brain view of an ROI-space map: a diverging colormap on a range symmetric about 0
+    for a signed map (Neurosynth z), a sequential one from 0 for a positive map (CPA)."""
     from nilearn import plotting
 
-    fig = plt.figure(figsize=(8, 2.6))
+    fig = plt.figure(figsize=(9, 2.6))
+    style = (
+        {"cmap": "RdBu_r", "plot_abs": False, "symmetric_cbar": True}
+        if signed
+        else {"cmap": "YlOrRd", "plot_abs": True, "vmin": 0}
+    )
+    # Outside the ROIs the map is 0: left transparent rather than painted the colormap's zero.
+    style["threshold"] = 1e-9
     display = plotting.plot_glass_brain(
-        str(stat_map),
-        figure=fig,
-        title=title,
-        colorbar=True,
-        plot_abs=False,
-        cmap="inferno",
-        display_mode="lyrz",
+        str(stat_map), figure=fig, title=title, colorbar=True, display_mode="lyrz", **style
     )
     svg = figure_to_svg(fig)
     display.close()
@@ -68,24 +71,80 @@ def _maps_by_class(maps_dir: Path, desc: str) -> dict[str, Path]:
     return found
 
 
+def _analysis(cpa_dir: Path) -> dict:
+    path = cpa_dir / "analysis.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _weights_section(class_means: pd.DataFrame, cpa_subjects: str, predicted: bool = False) -> Section:
+    scans = "scans" if predicted else "held-out scans"  # a prediction run explains every new scan
+    which = f"correctly classified {scans}" if cpa_subjects == "correct" else f"all {scans}"
+    weights = Section("Calibrated pathway weights", "cpa-weights")
+    weights.text(
+        f"For each class, the mean over its {which} (--cpa-subjects {cpa_subjects}) of the calibration "
+        "weights w_p: the drop of the target logit when pathway p is removed before fusion, normalised to "
+        "sum to 1."
+    )
+    weights.figure(weights_svg(class_means), "Calibrated pathway weight per class.")
+    shown = ["class", "n_subjects", "n_scans"] + [c for c in class_means.columns if c.startswith("weight_")]
+    return weights.table(class_means[shown])
+
+
+def scores_section(scores: pd.DataFrame, analysis: dict) -> Section:
+    """The reference scores, p shown at the precision of its null (:func:`format_p`), with what
+    the null was and why rows are empty."""
+    from neurossm_app.group.nulls import format_p
+
+    section = Section("Reference scores", "cpa-scores")
+    nulls = {
+        "brainsmash": "variogram-matched surrogate maps that keep the CPA map's spatial autocorrelation "
+        "(BrainSMASH, Burt et al. 2020)",
+        "permutation": "ROI permutations, which ignore spatial autocorrelation (p too small for smooth maps)",
+    }
+    scored = scores[scores["partial_r"].notna()] if "partial_r" in scores else scores.iloc[:0]
+    if scored.empty and ("term" not in scores or scores["term"].isna().all()):
+        source = analysis.get("class_terms_source", "the class-term table")
+        section.text(
+            "No class has a Neurosynth term (from " + str(source) + "), so there is no reference score: "
+            "the CPA maps above are the result. Name terms with --class-terms to compare them with "
+            "Neurosynth (docs/cpa.md)."
+        )
+        return section
+    if scored.empty:
+        section.text(
+            "No class with a Neurosynth term has a class map (no held-out scan was selected for it, see "
+            "--cpa-subjects), so there is no reference score."
+        )
+        return section.table(scores)
+    model = str(scored["null_model"].iloc[0]) if "null_model" in scored else "permutation"
+    n_maps = int(scored["n_null_maps"].iloc[0]) if "n_null_maps" in scored else 0
+    section.text(
+        "Partial correlation between the class-mean CPA and the class's Neurosynth reference after "
+        "regressing out the mean of the other classes; its one-sided p-value from "
+        f"{n_maps} {nulls.get(model, model)}, shown to the precision {n_maps} null maps give; and the "
+        "Dice overlap of the top-25% ROI masks."
+    )
+    table = scores.copy()
+    if "covariates" in table:  # room to wrap: the table fits the page
+        table["covariates"] = table["covariates"].str.replace("+", " + ", regex=False)
+    if "p_value" in table:
+        table["p_value"] = [format_p(p, n_maps) for p in pd.to_numeric(table["p_value"], errors="coerce")]
+    unscored = [str(c) for c in scores.loc[scores["partial_r"].isna(), "class"]]
+    if unscored:
+        section.text(f"No score for {', '.join(unscored)}: no Neurosynth term, or no class map.")
+    return section.table(table)
+
+
 def cpa_sections(run_dir: Path) -> list[Section]:
     """Sections for the CPA outputs of ``run_dir``; none when the analysis was not run."""
     cpa_dir, maps_dir = run_dir / "cpa", run_dir / "maps"
     class_files = sorted(cpa_dir.glob("atlas-*_desc-classMeans_cpa.tsv")) if cpa_dir.is_dir() else []
     if not class_files:
         return []
-    sections = []
-    class_means = read_tsv(class_files[0])
-    weights = Section("Calibrated pathway weights", "cpa-weights")
-    weights.text(
-        "For each class, the mean over correctly classified held-out scans of the calibration weights "
-        "w_p: the drop of the target logit when pathway p is removed before fusion, normalised to sum to 1."
-    )
-    weights.figure(weights_svg(class_means), "Calibrated pathway weight per class.")
-    shown = ["class", "n_subjects", "n_scans"] + [c for c in class_means.columns if c.startswith("weight_")]
-    weights.table(class_means[shown])
-    sections.append(weights)
-
+    analysis = _analysis(cpa_dir)
+    options = analysis.get("options", {})
+    predicted = "checkpoints" in analysis  # written by a --predict-with run
+    sections = [_weights_section(read_tsv(class_files[0]), options.get("cpa_subjects", "correct"), predicted)]
     cpa_maps = _maps_by_class(maps_dir, "cpaScore")
     reference_maps = _maps_by_class(maps_dir, "neurosynthReferenceScore")
     if cpa_maps:
@@ -93,24 +152,17 @@ def cpa_sections(run_dir: Path) -> list[Section]:
         for label, path in cpa_maps.items():
             brains.heading(f"class {label}")
             brains.figure(
-                glass_brain_svg(path, f"CPA: {label}"), f"Class-mean CPA score per ROI, class {label}."
+                glass_brain_svg(path, f"CPA: {label}"),
+                f"Class-mean CPA score per ROI (positive, sums to 1), class {label}.",
             )
             if label in reference_maps:
                 brains.figure(
-                    glass_brain_svg(reference_maps[label], f"Neurosynth reference: {label}"),
-                    "Neurosynth meta-analytic reference (MKDA chi-square association z, parcellated), "
-                    f"class {label}.",
+                    glass_brain_svg(reference_maps[label], f"Neurosynth reference: {label}", signed=True),
+                    "Neurosynth meta-analytic reference (MKDA chi-square association z, parcellated; "
+                    f"red positive, blue negative), class {label}.",
                 )
         sections.append(brains)
-
     scores_files = sorted(maps_dir.glob("*_desc-neurosynthReference_scores.tsv")) if maps_dir.is_dir() else []
     if scores_files:
-        scores = Section("Reference scores", "cpa-scores")
-        scores.text(
-            "Partial correlation between the class-mean CPA and the class's Neurosynth reference after "
-            "regressing out the mean of the other classes, its ROI-permutation p-value, and the Dice "
-            "overlap of the top-25% ROI masks."
-        )
-        scores.table(read_tsv(scores_files[0]))
-        sections.append(scores)
+        sections.append(scores_section(read_tsv(scores_files[0]), analysis))
     return sections

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from neurossm_app.files import read_tsv, write_text
-from neurossm_app.reports.html import Section, figure_to_svg, render_page
+from neurossm_app.reports.html import Section, figure_to_svg, provenance_section, render_page
 
 METRIC_NAMES = {
     "accuracy": "accuracy",
@@ -216,16 +216,19 @@ def inputs_section(summary: dict) -> Section | None:
     return section
 
 
-def provenance_section(summary: dict) -> Section | None:
-    """The neurossm-app version, the exact command line, the date and the software versions."""
+def group_provenance(summary: dict, config: dict) -> Section | None:
+    """The neurossm-app version, the exact command line, the date, the run's resolved settings
+    (``config.json``), where the units ran and the software versions."""
     provenance = summary.get("provenance")
     if not provenance:
         return None
-    section = Section("Provenance", "provenance")
-    section.text(
-        f"neurossm-app {provenance.get('neurossm-app')}, {provenance.get('date')}; command line: "
-        f"{provenance.get('command_line')}"
-    )
+    section = provenance_section(provenance)
+    settings = config.get("settings") or {}
+    if settings:
+        shown = [", ".join(map(str, v)) if isinstance(v, list) else str(v) for v in settings.values()]
+        section.table(
+            pd.DataFrame({"setting": list(settings), "value": shown}), caption="Settings of the run"
+        )
     backends = summary.get("backends")
     if backends:
         section.text("Where NeuroSSM ran (per unit: device, selective-scan and convolution back end):")
@@ -323,7 +326,9 @@ def build_group_report(run_dir: str | os.PathLike) -> Path:
     from neurossm_app.reports.cpa import cpa_sections
 
     sections.extend(cpa_sections(run_dir))
-    sections += [s for s in (provenance_section(summary),) if s is not None]
+    config_file = run_dir / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    sections += [s for s in (group_provenance(summary, config),) if s is not None]
     title = f"neurossm-app group report: {summary.get('run_name', run_dir.name)}"
     intro = (
         f"NeuroSSM classification of {summary.get('target')} "

@@ -25,6 +25,8 @@ figure svg { max-width: 100%; height: auto; }
 figcaption { color: #555; font-size: 90%; }
 nav ul { columns: 2; }
 .muted { color: #777; }
+.warning { background: #fff4e5; border-left: 4px solid #e8590c; padding: .4em .8em; }
+.provenance code { white-space: pre-wrap; word-break: break-all; }
 """
 
 
@@ -39,6 +41,16 @@ class Section:
     def text(self, paragraph: str) -> Section:
         """Add a paragraph (plain text, escaped)."""
         self.parts.append(f"<p>{html.escape(paragraph)}</p>")
+        return self
+
+    def warning(self, paragraph: str) -> Section:
+        """Add a paragraph marked as a warning (plain text, escaped; "Warning: " is prepended)."""
+        self.parts.append(f'<p class="warning"><strong>Warning:</strong> {html.escape(paragraph)}</p>')
+        return self
+
+    def code(self, label: str, text: str) -> Section:
+        """Add ``label: text`` with the text verbatim (a command line)."""
+        self.parts.append(f'<p class="provenance">{html.escape(label)}: <code>{html.escape(text)}</code></p>')
         return self
 
     def heading(self, title: str) -> Section:
@@ -61,12 +73,22 @@ class Section:
 
 
 def table_html(frame: pd.DataFrame, caption: str | None = None, float_format: str = "{:.3f}") -> str:
-    """An HTML table of ``frame``; floats formatted, NaN shown as ``n/a``."""
+    """An HTML table of ``frame``; floats formatted (counts, ``n_*`` columns, as integers), NaN and
+    None shown as ``n/a``."""
     formatted = frame.copy()
     for column in formatted.columns:
-        if pd.api.types.is_float_dtype(formatted[column]):
-            formatted[column] = formatted[column].map(
-                lambda v: "n/a" if pd.isna(v) else float_format.format(v)
+        values = formatted[column]
+        if pd.api.types.is_float_dtype(values):
+            # counts (n_*) read back from a TSV with an n/a are floats
+            whole = str(column).startswith("n_") and bool((values.dropna() % 1 == 0).all())
+            formatted[column] = values.map(
+                lambda v, whole=whole: (
+                    "n/a" if pd.isna(v) else (f"{v:.0f}" if whole else float_format.format(v))
+                )
+            )
+        else:
+            formatted[column] = values.map(
+                lambda v: "n/a" if v is None or (isinstance(v, float) and pd.isna(v)) else v
             )
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in formatted.columns)
     rows = "".join(
@@ -90,6 +112,16 @@ def render_page(title: str, intro: str, sections: list[Section]) -> str:
         f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p><nav><ul>{toc}</ul></nav>{body}"
         "</body></html>\n"
     )
+
+
+def provenance_section(provenance: dict | None) -> Section:
+    """The "Provenance" section: the neurossm-app version, the date and the exact command line of
+    the call (:func:`neurossm_app.provenance.call_provenance`); the caller adds its tables."""
+    section = Section("Provenance", "provenance")
+    if not provenance:
+        return section.text("Built outside a neurossm-app call: no command line or date recorded.")
+    section.text(f"neurossm-app {provenance.get('neurossm-app')}, {provenance.get('date')}.")
+    return section.code("Command line", str(provenance.get("command_line")))
 
 
 def figure_to_svg(fig, tight: bool = True, text_as_paths: bool = True) -> str:

@@ -24,8 +24,8 @@ from neurossm_app.reports.group import (
     METRIC_NAMES,
     confusion_svg,
     excluded_table,
+    group_provenance,
     inputs_section,
-    provenance_section,
 )
 from neurossm_app.reports.html import Section, figure_to_svg, render_page
 
@@ -144,7 +144,7 @@ def build_prediction_report(run_dir: str | os.PathLike) -> Path:
     from neurossm_app.reports.cpa import cpa_sections
 
     sections.extend(cpa_sections(run_dir))
-    sections += [s for s in (provenance_section(summary),) if s is not None]
+    sections += [s for s in (group_provenance(summary, {}),) if s is not None]
     title = f"neurossm-app prediction: {summary.get('run_name')}"
     dataset = summary.get("dataset", {})
     intro = (

@@ -59,7 +59,7 @@ def derivative_paths(fmriprep_dir: Path, key: RunKey, voxel_size: float) -> dict
     Returns
     -------
     dict of str to pathlib.Path
-        ``bold``, ``bold_json``, ``mask``, ``confounds``, ``confounds_json``.
+        ``bold``, ``bold_json``, ``mask``, ``boldref``, ``confounds``, ``confounds_json``.
     """
     folder = key.func_dir(fmriprep_dir)
     spaced = f"{key.stem()}_{space_entities(voxel_size)}"
@@ -67,6 +67,7 @@ def derivative_paths(fmriprep_dir: Path, key: RunKey, voxel_size: float) -> dict
         "bold": folder / f"{spaced}_desc-preproc_bold.nii.gz",
         "bold_json": folder / f"{spaced}_desc-preproc_bold.json",
         "mask": folder / f"{spaced}_desc-brain_mask.nii.gz",
+        "boldref": folder / f"{spaced}_boldref.nii.gz",
         "confounds": folder / f"{key.stem()}_desc-confounds_timeseries.tsv",
         "confounds_json": folder / f"{key.stem()}_desc-confounds_timeseries.json",
     }
@@ -167,7 +168,7 @@ def write_derivative_run(
     confounds: pd.DataFrame,
     confounds_metadata: dict,
 ) -> dict[str, Path]:
-    """Write one run's preproc BOLD, brain mask and confounds (+ sidecars) under fMRIPrep names.
+    """Write one run's preproc BOLD, brain mask, boldref and confounds (+ sidecars) under fMRIPrep names.
 
     Parameters
     ----------
@@ -185,6 +186,9 @@ def write_derivative_run(
     write_masked_series(paths["bold"], bold, mask, affine, tr, xform_code="mni")
     write_json(paths["bold_json"], {"RepetitionTime": tr, "SkullStripped": True, "TaskName": key.task})
     write_nifti(paths["mask"], mask.astype(np.uint8), affine, xform_code="mni")
+    reference = np.zeros(mask.shape, dtype=np.float32)  # fMRIPrep's boldref: here the temporal mean
+    reference[mask] = bold.mean(axis=1)
+    write_nifti(paths["boldref"], reference, affine, xform_code="mni")
     write_tsv(paths["confounds"], confounds, float_format="%.10g")
     write_json(paths["confounds_json"], confounds_metadata)
     return paths
