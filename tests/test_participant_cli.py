@@ -40,6 +40,19 @@ def test_every_run_has_a_timeseries(schaefer_outputs, rest_dataset):
     assert (out / "logs" / "CITATION.md").read_text().startswith("# Methods")
 
 
+def test_each_call_has_a_log_file(schaefer_outputs):
+    """OUTPUT_DIR/logs/<time>_participant[_sub-<label>]_<pid>.log, as the group level's, from the
+    first check on (the lines logged before it existed are held and written at its top)."""
+    out, _ = schaefer_outputs
+    logs = sorted((out / "logs").glob("*_participant_*.log"))
+    assert logs, sorted(p.name for p in (out / "logs").iterdir())
+    text = logs[0].read_text()  # the fixture's call: 4 subjects, so no sub- in the name
+    assert "_participant_sub-" not in logs[0].name
+    assert "[INFO] participant level: 4 run(s) of 4 subject(s), atlas Schaefer400n17" in text
+    assert f"[INFO] log {logs[0]}" in text and "done: ROI time series for 4 run(s)" in text
+    assert text.index("participant level:") < text.index("[INFO] log ")
+
+
 def test_rerun_uses_the_cache(schaefer_outputs, rest_dataset):
     out, work = schaefer_outputs
     before = {p: p.read_bytes() for p in _series_files(out)}
@@ -138,6 +151,7 @@ def test_bad_input_exit_codes(rest_dataset, tmp_path, capsys, args, code, messag
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
     assert not (rest_dataset / "out").exists()
+    assert not list((tmp_path / "out").glob("logs/*.log"))  # refused before the log begins
 
 
 def test_no_fmriprep_derivatives(tmp_path, capsys):

@@ -9,13 +9,15 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from neurossm_app import __version__
 from neurossm_app.cli.participant_failures import failures_from_crashes, runs_failed
 from neurossm_app.cli.plugins import load_plugin_file, plugin_and_args
 from neurossm_app.errors import NeurossmError
+from neurossm_app.logfiles import held_log_records, log_to_file
+from neurossm_app.provenance import PARTICIPANT_PACKAGES, call_provenance
 
 LOGGER = logging.getLogger("neurossm_app")
 
@@ -25,7 +27,13 @@ POLL_SECONDS = 0.05
 
 
 def run_participant(opts: argparse.Namespace) -> None:
-    """Select runs, build the nipype workflow, run it, and write provenance files."""
+    """Select runs, build the nipype workflow, run it, and write provenance files; once the
+    checks pass, the call's log goes to ``OUTPUT_DIR/logs/`` (as the group level's does)."""
+    with ExitStack() as log_files:
+        _run_participant(opts, log_files, log_files.enter_context(held_log_records()))
+
+
+def _run_participant(opts: argparse.Namespace, log_files: ExitStack, earlier: list) -> None:
     from neurossm_app.bids import check_output_dir, dataset_description
     from neurossm_app.citation import write_citation
     from neurossm_app.participant.output_settings import (
@@ -61,7 +69,11 @@ def run_participant(opts: argparse.Namespace) -> None:
         atlas.n_rois,
         settings.strategy,
     )
-    progress = _ProgressLog(good, output_dir, failures)
+    log_path = log_files.enter_context(log_to_file(output_dir, _log_tag(subjects), earlier))
+    LOGGER.info("log %s", log_path)
+    provenance = call_provenance(getattr(opts, "command_line", None), PARTICIPANT_PACKAGES)
+    LOGGER.info("command: %s", provenance["command_line"])
+    progress = _ProgressLog(good, output_dir, failures, provenance)
     try:
         failures.update(_run_workflow(good, atlas, settings, output_dir, opts, progress, plugin))
     finally:
@@ -73,10 +85,15 @@ def run_participant(opts: argparse.Namespace) -> None:
             write_citation(output_dir, atlas=atlas, settings=settings, space=made["Space"])
             record_output_settings(output_dir, made)
     if progress.done:  # a call that wrote nothing leaves no report either
-        _write_reports(output_dir, subjects, progress, failures)
+        _write_reports(output_dir, subjects, progress, failures, provenance)
         LOGGER.info("done: ROI time series for %d run(s) are in %s", progress.done, output_dir)
     if failures:
         raise runs_failed([r.name for r in runs], failures)
+
+
+def _log_tag(subjects: list[str]) -> str:
+    """``participant_sub-<label>`` for one subject (an HPC array task), else ``participant``."""
+    return f"participant_sub-{subjects[0]}" if len(subjects) == 1 else "participant"
 
 
 def _cleaning_settings(opts: argparse.Namespace):
@@ -296,7 +313,13 @@ class _ProgressLog:
     each subject's report as soon as all its runs are written, while the workers go on with
     other subjects (rather than one after the other once the workflow is done)."""
 
-    def __init__(self, runs: list, output_dir: Path, failures: dict[str, NeurossmError] | None = None):
+    def __init__(
+        self,
+        runs: list,
+        output_dir: Path,
+        failures: dict[str, NeurossmError] | None = None,
+        provenance: dict | None = None,
+    ):
         self.total = len(runs)
         self.done = 0
         self.output_dir = output_dir
@@ -304,6 +327,7 @@ class _ProgressLog:
         self.pending = Counter(2 * [r.entities["subject"] for r in runs])
         self.reports: dict[str, Path] = {}
         self.failures = failures or {}  # runs the pre-flight checks left out, for the reports
+        self.provenance = provenance  # the call's version, command line and date, for the reports
         self.runs = runs
         self.started = time.time()
         self.failed_branches: set[str] = set()  # runs (workflow branches) with a failed node
@@ -344,15 +368,17 @@ class _ProgressLog:
             LOGGER.info("[%d/%d] %s written", self.done, self.total, run_label(node.inputs.entities))
         self.pending[subject] -= 1
         if self.pending[subject] == 0:
-            self.reports[subject] = _subject_report(self.output_dir, subject, self.failures)
+            self.reports[subject] = _subject_report(self.output_dir, subject, self.failures, self.provenance)
 
 
-def _write_reports(output_dir: Path, subjects: list[str], progress: _ProgressLog, failures: dict) -> None:
+def _write_reports(
+    output_dir: Path, subjects: list[str], progress: _ProgressLog, failures: dict, provenance: dict
+) -> None:
     """Every subject's report; those with a failed run (built again) say which and why."""
     reports = [
         progress.reports[s]
         if s in progress.reports and not _of_subject(failures, s)
-        else _subject_report(output_dir, s, failures)
+        else _subject_report(output_dir, s, failures, provenance)
         for s in subjects
     ]
     LOGGER.info(
@@ -365,7 +391,10 @@ def _of_subject(failures: dict[str, NeurossmError], subject: str) -> dict[str, s
     return {name: str(err) for name, err in failures.items() if name.split("_")[0] == f"sub-{subject}"}
 
 
-def _subject_report(output_dir: Path, subject: str, failures: dict | None = None) -> Path:
+def _subject_report(
+    output_dir: Path, subject: str, failures: dict | None = None, provenance: dict | None = None
+) -> Path:
     from neurossm_app.reports.participant import build_participant_report
 
-    return build_participant_report(output_dir, subject, failed=_of_subject(failures or {}, subject))
+    failed = _of_subject(failures or {}, subject)
+    return build_participant_report(output_dir, subject, failed=failed, provenance=provenance)

@@ -1,5 +1,7 @@
 """The run folder ``OUTPUT_DIR/group/<run-name>/``: its creation, a log file per call, ``config.json``.
 
+The log file is :func:`neurossm_app.logfiles.log_to_file`'s, shared with the participant level.
+
 ``config.json`` holds the resolved settings (checked on every later call of the run), software
 versions, training details, the dataset summary and how the inputs were made (``inputs``).
 Everything is checked before anything is created (:func:`run_directory_path`, :func:`check_config`).
@@ -8,10 +10,7 @@ Everything is checked before anything is created (:func:`run_directory_path`, :f
 from __future__ import annotations
 
 import json
-import logging
 import os
-import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from neurossm_app.errors import DataError, OutputError, UsageError
 from neurossm_app.files import write_json
 from neurossm_app.group.data import NORMALIZATION
 from neurossm_app.group.presets import GroupSettings
+from neurossm_app.logfiles import held_log_records, log_to_file  # noqa: F401 - re-exported for group/
 from neurossm_app.provenance import GROUP_PACKAGES, software_versions
 
 TRAINING_DETAILS = {
@@ -71,49 +71,6 @@ def run_directory(output_dir: Path, run_name: str) -> Path:
     if not os.access(run_dir, os.W_OK):
         raise OutputError(f"{run_dir} is not writable; choose another OUTPUT_DIR.")
     return run_dir
-
-
-class _HeldRecords(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@contextmanager
-def held_log_records():
-    """Hold the ``neurossm_app`` log records of the checks made before the run folder exists, so
-    :func:`log_to_file` can put them (the dataset's warnings) at the top of the call's log."""
-    handler = _HeldRecords()
-    logger = logging.getLogger("neurossm_app")
-    logger.addHandler(handler)
-    try:
-        yield handler.records
-    finally:
-        logger.removeHandler(handler)
-
-
-@contextmanager
-def log_to_file(run_dir: Path, tag: str, earlier: list[logging.LogRecord] | tuple = ()):
-    """Copy the ``neurossm_app`` log of this call to ``RUN_DIR/logs/<time>_<tag>_<pid>.log``,
-    starting with the ``earlier`` records (:func:`held_log_records`)."""
-    logs = run_dir / "logs"
-    logs.mkdir(exist_ok=True)
-    path = logs / f"{time.strftime('%Y%m%dT%H%M%S')}_{tag}_{os.getpid()}.log"
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
-    handler.setLevel(logging.DEBUG)
-    for record in earlier:
-        handler.handle(record)
-    logger = logging.getLogger("neurossm_app")
-    logger.addHandler(handler)
-    try:
-        yield path
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
 
 
 def check_config(run_dir: Path, settings: GroupSettings) -> bool:
