@@ -30,6 +30,11 @@ def load_cifti(path: str | os.PathLike, kind: str) -> nib.Cifti2Image:
     ``kind`` is ``dtseries`` (first axis a SeriesAxis) or ``dlabel`` (first axis a LabelAxis).
     Raises :class:`DataError` (one line) when the file is not such a file.
     """
+    return _load_with_axes(path, kind)[0]
+
+
+def _load_with_axes(path: str | os.PathLike, kind: str) -> tuple[nib.Cifti2Image, list]:
+    """:func:`load_cifti` and the file's axes (building a 91k BrainModelAxis takes a second: once)."""
     try:
         img = nib.load(os.fspath(path))
         axes = [img.header.get_axis(i) for i in range(img.ndim)]
@@ -41,7 +46,7 @@ def load_cifti(path: str | os.PathLike, kind: str) -> nib.Cifti2Image:
             f"{path} is not a CIFTI-2 {kind} file ({first.__name__} x BrainModelAxis expected, found "
             f"{' x '.join(type(a).__name__ for a in axes)})."
         )
-    return img
+    return img, axes
 
 
 def dlabel_table(path: str | os.PathLike) -> tuple[tuple[int, ...], tuple[str, ...]]:
@@ -137,12 +142,12 @@ class CiftiParcels:
     coverage: np.ndarray  # (R,) share of each ROI's dlabel elements found in the dtseries
 
 
-def cifti_parcels(dtseries_file, dlabel_file, indices) -> CiftiParcels:
-    """Match the grayordinates of a dtseries to the ROIs ``indices`` of a dlabel (one per column)."""
-    series_axis = load_cifti(dtseries_file, "dtseries").header.get_axis(1)
-    dlabel = load_cifti(dlabel_file, "dlabel")
+def cifti_parcels(series_axis: nib.cifti2.BrainModelAxis, dlabel_file, indices) -> CiftiParcels:
+    """Match the grayordinates of a dtseries (its BrainModelAxis) to the ROIs ``indices`` of a
+    dlabel (one per column)."""
+    dlabel, (_, label_axis) = _load_with_axes(dlabel_file, "dlabel")
     values = np.asarray(dlabel.dataobj)[0]
-    labels = grayordinate_labels(series_axis, dlabel.header.get_axis(1), values, dlabel_file)
+    labels = grayordinate_labels(series_axis, label_axis, values, dlabel_file)
     indices = np.asarray(indices, dtype=np.int64)
     lookup = {int(v): i for i, v in enumerate(indices)}
     column = np.array([lookup.get(int(v), -1) for v in labels], np.int64)
@@ -156,9 +161,13 @@ def cifti_parcels(dtseries_file, dlabel_file, indices) -> CiftiParcels:
 
 
 def cifti_parcel_means(
-    dtseries_file: str | os.PathLike, dlabel_file: str | os.PathLike, indices, block_size: int = 256
+    dtseries_file: str | os.PathLike, dlabel_file: str | os.PathLike, indices, block_size: int = 8192
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean signal per ROI over its grayordinates in a dtseries.
+
+    The file is read in blocks of ``block_size`` grayordinates: CIFTI stores each grayordinate's
+    series contiguously, so a block is one read (a block of rows would be one read per
+    grayordinate), and memory stays at about T x ``block_size`` x 8 bytes.
 
     Returns
     -------
@@ -167,22 +176,31 @@ def cifti_parcel_means(
     coverage : (R,) float64
         Share of each ROI's dlabel grayordinates present in the dtseries.
     """
-    parcels = cifti_parcels(dtseries_file, dlabel_file, indices)
+    img, (_, series_axis) = _load_with_axes(dtseries_file, "dtseries")
+    parcels = cifti_parcels(series_axis, dlabel_file, indices)
     if parcels.present.size == 0:
         raise DataError(
             f"no atlas ROI has a grayordinate in {dtseries_file}; is it a fsLR 91k dtseries and the atlas "
             "an fsLR 32k dlabel?"
         )
-    img = load_cifti(dtseries_file, "dtseries")
-    n_vols = img.shape[0]
-    signals = np.full((n_vols, len(parcels.counts)), np.nan)
-    for start in range(0, n_vols, block_size):
-        block = np.asarray(img.dataobj[start : start + block_size], dtype=np.float64)  # (b, G)
-        sums = np.add.reduceat(block[:, parcels.order], parcels.starts, axis=1)  # (b, n_present)
-        if not np.isfinite(sums).all():
-            raise DataError(
-                f"{dtseries_file} has NaN or Inf values in atlas grayordinates (rows {start}-"
-                f"{start + block.shape[0] - 1}); check the preprocessing of this run."
-            )
-        signals[start : start + block.shape[0], parcels.present] = sums / parcels.counts[parcels.present]
+    sums = np.zeros((img.shape[0], len(parcels.counts)))
+    column = np.full(img.shape[1], -1, np.int64)
+    column[parcels.order] = np.repeat(parcels.present, np.diff([*parcels.starts, parcels.order.size]))
+    for first in range(0, img.shape[1], block_size):
+        # this block's ROI grayordinates, still sorted by ROI (``order`` is)
+        mine = parcels.order[(parcels.order >= first) & (parcels.order < first + block_size)]
+        if mine.size == 0:
+            continue
+        block = np.asarray(img.dataobj[:, first : first + block_size])  # (T, b), as stored
+        rois, starts = np.unique(column[mine], return_index=True)
+        # summed in float64, as the volumetric parcel means are
+        sums[:, rois] += np.add.reduceat(block[:, mine - first], starts, axis=1, dtype=np.float64)
+    if not np.isfinite(sums[:, parcels.present]).all():
+        rows = np.flatnonzero(~np.isfinite(sums[:, parcels.present]).all(axis=1))
+        raise DataError(
+            f"{dtseries_file} has NaN or Inf values in atlas grayordinates (rows {rows[0]}-{rows[-1]}); "
+            "check the preprocessing of this run."
+        )
+    signals = np.full_like(sums, np.nan)
+    signals[:, parcels.present] = sums[:, parcels.present] / parcels.counts[parcels.present]
     return signals, parcels.coverage
