@@ -8,8 +8,9 @@ demo=$(cd "$demo" && pwd)  # absolute: DEMO_DIR may be relative or absolute
 rm -rf "$demo/data" "$demo/atlases" "$demo/out" "$demo/work"
 start=$SECONDS
 
-echo "== 1/3 synthetic BIDS dataset (12 subjects at rest, planted sex effects) and a 100-parcel atlas dataset"
-neurossm-synth "$demo/data" --subjects 12 --volumes 200 --tr 2.0 --seed 4 --custom-atlas "$demo/atlases"
+echo "== 1/3 synthetic BIDS dataset (12 subjects x 3 tasks, planted task effects) and a 100-parcel atlas dataset"
+neurossm-synth "$demo/data" --subjects 12 --tasks motor,language,wm --volumes 150 --tr 2.0 --seed 4 \
+    --custom-atlas "$demo/atlases"
 
 # The real fetchers read these caches; nothing is downloaded.
 export TEMPLATEFLOW_HOME="$demo/data/sourcedata/atlases/templateflow"
@@ -19,11 +20,11 @@ echo "== 2/3 participant level: -d atlases=$demo/atlases --atlas Synth100 (label
 neurossm-app "$demo/data" "$demo/out" participant -w "$demo/work" --nprocs 2 --skip-bids-validation \
     -d atlases="$demo/atlases" --atlas Synth100
 
-echo "== 3/3 group level: NeuroSSM on the 100 ROIs (the only atlas in OUTPUT_DIR), 3-fold cross-validation of sex"
-neurossm-app "$demo/data" "$demo/out" group --preset hcp-rest --dynamic-length 120 \
-    --folds 3 --seeds 0 --epochs 20 --d-model 16 --n-layers 1 --scales 1 2 --omp-nthreads 2
+echo "== 3/3 group level: NeuroSSM on the 100 ROIs (the only atlas in OUTPUT_DIR), 3-fold cross-validation of the task"
+neurossm-app "$demo/data" "$demo/out" group --preset hcp-task --dynamic-length 120 \
+    --folds 3 --seeds 0 --epochs 30 --d-model 32 --n-layers 1 --omp-nthreads 2
 
-run="$demo/out/group/hcp-rest"
+run="$demo/out/group/hcp-task"
 echo
 echo "Done in $((SECONDS - start)) s. Results:"
 echo "  ROI time series (100 columns): $demo/out/sub-*/func/*_atlas-Synth100_stat-mean_timeseries.tsv"
