@@ -296,6 +296,23 @@ def test_group_atlas_choice(tmp_path):
     assert choose_atlas("Gordon", "schaefer400", [], out) == "Gordon"  # the selection reports it
 
 
+def test_maps_atlas_of_a_custom_label_comes_from_the_sidecars(tmp_path):
+    out = tmp_path / "out"
+    func = out / "sub-01" / "func"
+    func.mkdir(parents=True)
+    sidecar = func / f"sub-01_task-rest_space-{NLIN2009}_atlas-Mine_stat-mean_timeseries.json"
+    with pytest.raises(InputMissingError, match="no readable sidecar of atlas Mine"):
+        atlas_of_series(out, "Mine")
+    sidecar.write_text(json.dumps({"AtlasFile": "bids:atlases:gone_dseg.nii.gz", "Space": NLIN2009}))
+    (out / "dataset_description.json").write_text(
+        json.dumps({"DatasetLinks": {"atlases": tmp_path.as_uri()}})
+    )
+    with pytest.raises(InputMissingError, match="bids:atlases:gone_dseg.nii.gz .* is not there"):
+        atlas_of_series(out, "Mine")
+    _write(tmp_path, "gone_dseg.nii.gz", LABELS, TABLE)
+    assert atlas_of_series(out, "Mine").names == ("a", "b", "c")
+
+
 # --------------------------------------------------------------------------------------------
 # Must show: a 100-parcel custom atlas through both levels of the real CLI
 # --------------------------------------------------------------------------------------------
