@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +31,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5, 11], help="data seeds")
     parser.add_argument("--threads", type=int, default=2, help="--omp-nthreads of the group level")
+    parser.add_argument(
+        "--epochs", type=int, help="train this many epochs instead of the test's (to check a shorter test)"
+    )
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
 
@@ -47,21 +51,28 @@ def main() -> int:
     for seed in args.seeds:
         root = work / f"seed-{seed}"
         argv, truth, _, _ = write_dataset(root, seed)
+        if args.epochs is not None:
+            argv[argv.index("--epochs") + 1] = str(args.epochs)
+        started = time.monotonic()
         extra = ["--n-null-maps", "200", "--omp-nthreads", str(args.threads)]
         if neurossm_app([*argv, *extra]) != 0:
             print(f"seed {seed}: the group level failed", file=sys.stderr)
             return 1
+        seconds = time.monotonic() - started
         run = root / "out" / "group" / "hcp-task"
         summary = json.loads((run / "summary.json").read_text())
         accuracy = summary["models"]["neurossm"]["accuracy"]["mean"]
         for task, row in planted_recovery(run, truth).iterrows():
-            rows.append({"seed": seed, "accuracy": accuracy, "class": task, **row.to_dict()})
+            rows.append(
+                {"seed": seed, "seconds": seconds, "accuracy": accuracy, "class": task, **row.to_dict()}
+            )
 
-    print("\nseed  accuracy  class      signal  in top 25%  own pathway  partial r")
+    print("\nseed  seconds  accuracy  class      signal  in top 25%  own pathway  partial r")
     for row in rows:
         own = "yes" if row["in_own_pathway"] else "no"
         print(
-            f"{row['seed']:>4}  {row['accuracy']:>8.3f}  {row['class']:<9}  {row['signal']:<6}  "
+            f"{row['seed']:>4}  {row['seconds']:>7.0f}  {row['accuracy']:>8.3f}  {row['class']:<9}  "
+            f"{row['signal']:<6}  "
             f"{row['in_top25']:>10.0%}  {own:>11}  {row['partial_r']:>9.2f}"
         )
     if args.json:

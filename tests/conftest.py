@@ -20,6 +20,21 @@ os.environ["NILEARN_DATA"] = str(_ATLAS_CACHE / "nilearn_data")
 os.environ["TEMPLATEFLOW_AUTOUPDATE"] = "0"
 
 
+def pytest_configure(config):
+    """Under ``pytest -n N`` each worker gets its share of the cores for in-process torch work.
+
+    Tests that train or attribute in the pytest process itself (test_cpa's fixture, the scan
+    kernels' checks) would otherwise take torch's default, every core, in each of the N workers:
+    on the two cores here that oversubscription made test_cpa's fixture 20 times slower while
+    the other worker trained too. The CLI's own training runs set ``--omp-nthreads`` themselves.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 @pytest.fixture(scope="session")
 def atlas_cache() -> Path:
     """The synthetic Schaefer-400 (in both templates) and AAL3v2 atlases, where TemplateFlow and

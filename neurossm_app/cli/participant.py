@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import time
@@ -16,6 +15,7 @@ from neurossm_app import __version__
 from neurossm_app.cli.participant_failures import failures_from_crashes, runs_failed
 from neurossm_app.cli.plugins import load_plugin_file, plugin_and_args
 from neurossm_app.errors import NeurossmError
+from neurossm_app.heap import frozen_heap
 from neurossm_app.logfiles import held_log_records, log_to_file
 from neurossm_app.provenance import PARTICIPANT_PACKAGES, call_provenance
 
@@ -233,14 +233,11 @@ def _run_workflow(
     _configure_nipype(crash_dir, opts.verbose)
     workflow = init_participant_wf(runs, atlas, settings, output_dir, work_dir, opts.omp_nthreads)
     name, args = plugin_and_args(plugin, len(runs), opts.nprocs, opts.mem_mb, progress)
-    # MultiProc runs a full gc.collect() before each submission and nilearn one per image it
-    # reads; with pybids, pandas and nipype (and the group options' torch) loaded, each scanned
-    # ~300,000 objects, 0.2-0.4 s, dozens of times per call, while the workers waited. Frozen
-    # objects are skipped (in forked workers too); the process gets them back afterwards.
-    gc.freeze()
     failed: dict[str, NeurossmError] = {}
     try:
-        with _nipype_crashes_unlogged(opts.verbose):
+        # MultiProc collects garbage before each submission: dozens of 0.2-0.4 s collections
+        # per call, while the workers waited (neurossm_app.heap)
+        with frozen_heap(), _nipype_crashes_unlogged(opts.verbose):
             workflow.run(plugin=name, plugin_args=args)
     except KeyboardInterrupt:
         stop_child_processes()
@@ -251,8 +248,6 @@ def _run_workflow(
             raise NeurossmError(
                 f"the participant workflow failed: {str(err).strip().splitlines()[0]} (re-run with -v)"
             ) from None
-    finally:
-        gc.unfreeze()
     if "status_callback" not in args:  # a *Graph plugin: no callback counted the written runs
         progress.done = len(runs) - len(failed)
     return failed

@@ -337,9 +337,11 @@ def aggregate(run_dir: Path, settings: GroupSettings, dataset: GroupDataset, ext
 
 def report(run_dir: Path) -> None:
     """``RUN_DIR/report.html`` from what the run folder holds."""
+    from neurossm_app.heap import frozen_heap
     from neurossm_app.reports.group import build_group_report
 
-    LOGGER.info("report: %s", build_group_report(run_dir))
+    with frozen_heap():  # nilearn's plotting collects garbage once per image it reads
+        LOGGER.info("report: %s", build_group_report(run_dir))
 
 
 def _mean_sd_text(values: dict[str, Any]) -> str:
