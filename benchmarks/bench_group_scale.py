@@ -130,7 +130,7 @@ def _memory() -> dict:
     return fields
 
 
-def _load(root: Path, mode: str, window: int):
+def _load(root: Path, mode: str, window: int, workers: int = 1):
     from neurossm_app.group.data import load_dataset, select_timeseries
 
     database = root / "db" if mode != "tsv" else None
@@ -140,7 +140,7 @@ def _load(root: Path, mode: str, window: int):
     indexed = time.monotonic()
     dataset = load_dataset(
         selection.scans, "participants:sex", root / "bids" / "participants.tsv", ATLAS, window,
-        selection.excluded, cache, root / "out",
+        selection.excluded, cache, root / "out", workers,
     )  # fmt: skip
     return dataset, {"index_s": indexed - started, "load_s": time.monotonic() - indexed}
 
@@ -232,7 +232,7 @@ def compare_cutting(root: Path, window: int, rounds: int, batches: int = 4) -> d
     }
 
 
-def measure(root: Path, mode: str, window: int, steps: int, model_kind: str) -> dict:
+def measure(root: Path, mode: str, window: int, steps: int, model_kind: str, workers: int = 1) -> dict:
     """One ``tsv``/``cold``/``warm``/``train``/``train-tsv`` measurement (this process's peaks)."""
     if mode == "compare":
         return compare_cutting(root, window, steps)
@@ -240,7 +240,7 @@ def measure(root: Path, mode: str, window: int, steps: int, model_kind: str) -> 
         shutil.rmtree(root / "out" / "group" / ".cache", ignore_errors=True)
         shutil.rmtree(root / "db", ignore_errors=True)
     started = time.monotonic()
-    dataset, result = _load(root, "tsv" if mode == "train-tsv" else mode, window)
+    dataset, result = _load(root, "tsv" if mode == "train-tsv" else mode, window, workers)
     result["scans"] = len(dataset.series)
     result["load_memory"] = _memory()
     if mode.startswith("train"):
@@ -258,6 +258,7 @@ def _in_process(args: argparse.Namespace, root: Path, mode: str, window: int) ->
     command = [
         sys.executable, __file__, "--measure", mode, "--root", str(root), "--window", str(window),
         "--steps", str(args.steps), "--model", args.model, "--threads", str(args.threads),
+        "--nprocs", str(args.nprocs),
     ]  # fmt: skip
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -303,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--model", choices=["tiny", "preset"], default="tiny")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--nprocs", type=int, default=1, help="processes that parse the TSVs of a cold build")
     parser.add_argument("--modes", nargs="+", default=["tsv", "cold", "warm", "train", "train-tsv"])
     parser.add_argument("--keep", action="store_true", help="keep the synthetic outputs")
     parser.add_argument("--json", type=Path)
@@ -321,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         import neurossm_app.group.train  # noqa: F401
 
         torch.set_num_threads(args.threads)
-        print(json.dumps(measure(args.root, args.measure, args.window, args.steps, args.model)))
+        print(json.dumps(measure(args.root, args.measure, args.window, args.steps, args.model, args.nprocs)))
         return 0
     results = []
     print(HEADER, flush=True)

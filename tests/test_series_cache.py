@@ -71,6 +71,20 @@ def test_cached_series_equal_the_in_memory_ones_and_are_read_once(cohort, tmp_pa
     assert np.array_equal(again.series[-1], memory.series[-1])
 
 
+def test_a_large_build_reads_in_worker_processes_in_order(cohort, monkeypatch):
+    """The pool path of ``--nprocs`` (the values are the reader's: ``read_normalized`` in a worker
+    is the same function; a cheap reader keeps the test fast)."""
+    from neurossm_app.group import series_cache
+
+    _, out = cohort
+    paths = sorted(out.rglob("*_timeseries.*"))  # TSVs and sidecars: unequal sizes
+    monkeypatch.setattr(series_cache, "PARALLEL_FROM", 2)
+    wanted = [5, 0, 3, 1, 2, 7, 4]
+    pooled = list(series_cache._reads(os.path.getsize, paths, 2)(wanted))
+    assert pooled == [os.path.getsize(paths[i]) for i in wanted] and len(set(pooled)) > 2
+    assert list(series_cache._reads(os.path.getsize, paths, 2)(wanted[:1])) == pooled[:1]  # serial
+
+
 def _refuse(path):
     raise AssertionError(f"{path} was parsed although the cache holds it")
 
@@ -107,7 +121,8 @@ def test_parallel_builders_build_once_and_a_damaged_pair_is_rebuilt(cohort, tmp_
     sidecars = [{"n": i} for i in range(len(paths))]
     reads, lock = [], threading.Lock()
 
-    def read_scan(index):
+    def read_scan(path):
+        index = paths.index(path)
         with lock:
             reads.append(index)
         values = np.full((3, 5 + index), index, dtype=np.float32)

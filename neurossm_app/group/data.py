@@ -392,6 +392,7 @@ def load_dataset(
     excluded: list[dict[str, Any]] | None = None,
     cache_dir: Path | None = None,
     output_dir: Path | None = None,
+    workers: int = 1,
 ) -> GroupDataset:
     """Read, check and normalize every scan and attach its label.
 
@@ -410,6 +411,8 @@ def load_dataset(
         values. Default: every series read into memory.
     output_dir : Path, optional
         OUTPUT_DIR, to which the cache's index records the scans' paths.
+    workers : int
+        Processes that parse the TSVs a cache build needs (``--nprocs``; many scans only).
 
     Raises
     ------
@@ -432,7 +435,7 @@ def load_dataset(
     if cache_dir is None:
         series, missing, roi_names = _read_all(kept)
     else:
-        series, missing, roi_names = _read_cached(kept, sidecars, atlas_label, cache_dir, output_dir)
+        series, missing, roi_names = _read_cached(kept, sidecars, atlas_label, cache_dir, output_dir, workers)
     if window is not None:
         keep, short = drop_short_scans([s for s, _ in kept], [x.shape[1] for x in series], window)
         excluded += short
@@ -482,17 +485,21 @@ def _read_cached(
     atlas_label: str,
     cache_dir: Path,
     output_dir: Path | None,
+    workers: int = 1,
 ) -> tuple[SeriesStore, list[MissingValues], tuple[str, ...]]:
-    """:func:`_read_all`'s values through the series cache (scans it lacks are read as there)."""
-
-    def read_scan(index: int) -> tuple[np.ndarray, dict[str, int], tuple[str, ...]]:
-        raw, names = load_series(kept[index][0].path)
-        normalized, counts = normalize_series(raw)
-        return normalized, asdict(counts), names
-
+    """:func:`_read_all`'s values through the series cache (scans it lacks: :func:`read_normalized`)."""
     paths = [scan.path for scan, _ in kept]
-    found = cached_series(paths, sidecars, atlas_label, cache_dir, read_scan, output_dir, NORMALIZATION)
+    found = cached_series(
+        paths, sidecars, atlas_label, cache_dir, read_normalized, output_dir, NORMALIZATION, workers
+    )
     return found.store, [MissingValues(**m) for m in found.missing], found.roi_names
+
+
+def read_normalized(path: Path) -> tuple[np.ndarray, dict[str, int], tuple[str, ...]]:
+    """One scan as :func:`_read_all` reads it: normalized (R, T) float32, missing counts, ROI names."""
+    raw, names = load_series(path)
+    normalized, counts = normalize_series(raw)
+    return normalized, asdict(counts), names
 
 
 def _short_scan_error(names: list[str], lengths: np.ndarray, short: np.ndarray, window: int) -> DataError:

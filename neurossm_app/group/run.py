@@ -62,11 +62,13 @@ LOGGER = logging.getLogger("neurossm_app")
 
 @dataclass(frozen=True)
 class InputCaches:
-    """``--cache-dir`` (the series cache; ``None``: ``OUTPUT_DIR/group/.cache``) and
-    ``--bids-database-dir`` (the saved pybids index of OUTPUT_DIR; ``None``: none)."""
+    """``--cache-dir`` (the series cache; ``None``: ``OUTPUT_DIR/group/.cache``),
+    ``--bids-database-dir`` (the saved pybids index of OUTPUT_DIR; ``None``: none) and
+    ``--nprocs`` (processes that parse the TSVs when a large cache is built)."""
 
     cache_dir: Path | None = None
     database_dir: Path | None = None
+    workers: int = 1
 
 
 def run_group_level(
@@ -180,7 +182,7 @@ def load_inputs(
     )
     dataset = load_dataset(
         selection.scans, settings.target, participants_tsv, atlas_label, settings.dynamic_length,
-        selection.excluded, caches.cache_dir or default_cache_dir(output_dir), output_dir,
+        selection.excluded, caches.cache_dir or default_cache_dir(output_dir), output_dir, caches.workers,
     )  # fmt: skip
     check_fold_counts(
         dataset.labels, fold_groups(dataset.subjects, settings.cv_group, participants_tsv), dataset.classes,

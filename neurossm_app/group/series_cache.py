@@ -169,6 +169,7 @@ def cached_series(
     read_scan,
     output_dir: Path | None = None,
     normalization: str = "",
+    workers: int = 1,
 ) -> CachedSeries:
     """Open the cache pair of these scans, building it first when it is missing or damaged.
 
@@ -181,12 +182,15 @@ def cached_series(
     atlas_label : str
     cache_dir : Path
     read_scan : callable
-        ``read_scan(i) -> (normalized (R, T) float32, missing dict, roi_names)`` for scan ``i``:
-        how a scan is read and normalized when no cache has it.
+        ``read_scan(path) -> (normalized (R, T) float32, missing dict, roi_names)``: how a scan
+        is read and normalized when no cache has it (a module-level function, for ``workers``).
     output_dir : Path, optional
         Paths are recorded relative to it (the cache moves with OUTPUT_DIR).
     normalization : str
         Description of the normalization (part of the key).
+    workers : int
+        Processes that read the scans to parse when there are at least :data:`PARALLEL_FROM`
+        (``--nprocs``); the bytes written are the same.
 
     Raises
     ------
@@ -209,7 +213,7 @@ def cached_series(
             if opened is not None:
                 return opened
             started = time.monotonic()
-            reused = build_cache(files, entries, cache_dir, atlas_label, read_scan)
+            reused = build_cache(files, entries, cache_dir, atlas_label, _reads(read_scan, paths, workers))
     except OSError as err:
         raise OutputError(
             f"cannot write the series cache in {cache_dir} ({err.filename or cache_dir}: {err.strerror}); "
@@ -258,27 +262,31 @@ def _read_index(path: Path) -> dict[str, Any] | None:
 
 
 def build_cache(
-    files: dict[str, Path], entries: list[tuple[str, str]], cache_dir: Path, atlas_label: str, read_scan
+    files: dict[str, Path], entries: list[tuple[str, str]], cache_dir: Path, atlas_label: str, reads
 ) -> int:
     """Write the data file, then the index; scans an older pair of the atlas holds are copied.
+
+    ``reads(wanted)`` yields the read scans of ``wanted`` (indices into ``entries``), in order
+    (:func:`_reads`).
 
     Returns
     -------
     int
-        Scans copied from older pairs (the others were read with ``read_scan``).
+        Scans copied from older pairs (the others were read).
     """
     earlier = _earlier_scans(cache_dir, atlas_label, files["index"])
+    parsed = reads([i for i, entry in enumerate(entries) if entry not in earlier])
     rows, roi_names, offset, copied = [], None, 0, 0
     tmp = files["data"].with_name(f".{files['data'].name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "wb") as out:
-            for index, (name, key) in enumerate(entries):
+            for name, key in entries:
                 found = earlier.get((name, key))
                 if found is not None:
                     values, missing, names = found()
                     copied += 1
                 else:
-                    values, missing, names = read_scan(index)
+                    values, missing, names = next(parsed)
                 roi_names = _check_rois(roi_names, names, name, entries[0][0])
                 out.write(np.ascontiguousarray(values, dtype=np.float32).tobytes())
                 counts = [missing["missing_rois"], missing["censored_volumes"], missing["missing_values"]]
@@ -301,6 +309,40 @@ def build_cache(
     }  # fmt: skip
     write_json(files["index"], index)  # last: the pair is complete
     return copied
+
+
+#: Scans to parse from which ``workers`` > 1 starts a process pool (fewer: not worth its start).
+PARALLEL_FROM = 64
+
+
+def _reads(read_scan, paths: list[Path], workers: int):
+    """``reads(wanted)``: ``read_scan(paths[i])`` for ``i`` in ``wanted``, in order, in ``workers``
+    processes (at most two scans each ahead of the writer) when ``wanted`` is long enough."""
+
+    def reads(wanted: list[int]) -> Iterator:
+        if workers <= 1 or len(wanted) < PARALLEL_FROM:
+            yield from (read_scan(paths[i]) for i in wanted)
+            return
+        import multiprocessing
+        from collections import deque
+        from concurrent.futures import ProcessPoolExecutor
+
+        LOGGER.info("series cache: parsing %d scan(s) in %d processes", len(wanted), workers)
+        context = multiprocessing.get_context("spawn")  # not fork: torch's threads may be running
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            todo, pending = iter(wanted), deque()
+            for i in todo:
+                pending.append(pool.submit(read_scan, paths[i]))
+                if len(pending) == 2 * workers:
+                    break
+            while pending:
+                result = pending.popleft().result()
+                following = next(todo, None)
+                if following is not None:
+                    pending.append(pool.submit(read_scan, paths[following]))
+                yield result
+
+    return reads
 
 
 def _check_rois(roi_names, names, name: str, first: str):
