@@ -101,7 +101,9 @@ def run_group(opts: argparse.Namespace) -> None:
         fmriprep_dir=find_fmriprep_dir(opts.bids_dir, opts.derivatives),
         command_line=[str(a) for a in getattr(opts, "command_line", [])],
         caches=InputCaches(
-            getattr(opts, "cache_dir", None), getattr(opts, "bids_database_dir", None), getattr(opts, "nprocs", 1)
+            getattr(opts, "cache_dir", None),
+            getattr(opts, "bids_database_dir", None),
+            getattr(opts, "nprocs", 1),
         ),
     )
 
