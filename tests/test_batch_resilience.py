@@ -167,7 +167,9 @@ def test_preflight_reports_every_bad_run_and_processes_the_others(base, tmp_path
     _drop_confound_column(ds, "04", "trans_x")  # 24P needs it
     env, _ = no_network_env(atlas_cache, tmp_path)
     out = tmp_path / "out"
-    result = run_cli([ds, out, "participant", *OPTIONS, "-w", tmp_path / "work", "--nprocs", "1"], env)
+    # --nprocs 2 with four runs: the checks run in two forked processes (preflight.check_runs),
+    # and their errors still come back one per run, in run order
+    result = run_cli([ds, out, "participant", *OPTIONS, "-w", tmp_path / "work", "--nprocs", "2"], env)
     assert result.returncode == 65, result.stderr[-3000:]
     failed = _failure_lines(result.stderr)
     names = [line.split()[2] for line in failed]

@@ -121,7 +121,7 @@ def _select_runs(opts: argparse.Namespace, settings):
     """
     from neurossm_app.custom_atlas import resolve_atlas
     from neurossm_app.fmriprep import collect_bold_runs, find_fmriprep_dir, load_filter_file
-    from neurossm_app.participant.preflight import check_run
+    from neurossm_app.participant.preflight import check_runs
 
     failures: dict[str, NeurossmError] = {}
     selection = _selection(opts, load_filter_file(opts.bids_filter_file))
@@ -135,13 +135,8 @@ def _select_runs(opts: argparse.Namespace, settings):
             database_dir=opts.bids_database_dir,
             link=_fmriprep_link(opts.output_dir, fmriprep_dir),
         )
-    for run in runs:
-        if run.name in failures:  # an HCP run whose confounds could not be made
-            continue
-        try:
-            check_run(run, settings)
-        except NeurossmError as err:
-            failures[run.name] = err
+    # an HCP run whose confounds could not be made has failed already
+    failures |= check_runs([r for r in runs if r.name not in failures], settings, opts.nprocs)
     if failures and len(failures) < len(runs):
         LOGGER.warning(
             "pre-flight: %d of %d run(s) fail the checks and are left out (one line each at the end)",
