@@ -56,9 +56,14 @@ def _kill_when(process: subprocess.Popen, ready, timeout: float = 240) -> bool:
 
 
 def _results(out: Path) -> dict[str, bytes]:
-    """Result files (not reports, whose SVGs carry random ids) by relative path."""
+    """Result files by relative path: not reports (their SVGs carry random ids) and not the calls'
+    own logs (``logs/<time>_participant_<pid>.log``: a killed call keeps the lines it wrote)."""
     names = [n for n in files_under(out) if not Path(n).name.startswith(".") and not n.endswith(".html")]
-    return {name: (out / name).read_bytes() for name in names if "/figures/" not in name}
+    return {
+        name: (out / name).read_bytes()
+        for name in names
+        if "/figures/" not in name and not (name.startswith("logs/") and name.endswith(".log"))
+    }
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new-file", "existing-file"])
