@@ -122,7 +122,7 @@ def test_participant_killed_mid_run_then_rerun(tmp_path, atlas_cache):
 def test_group_killed_during_training_then_rerun(tmp_path):
     bids, out = write_participant_outputs(tmp_path, n_subjects=9, n_volumes=70, seed=8)
     env, _ = no_network_env(tmp_path, tmp_path)  # no atlas is needed at group level
-    args = [bids, out, "group", *TINY_GROUP, "--folds", "3", "--epochs", "40"]
+    args = [bids, out, "group", *TINY_GROUP, "--folds", "3", "--epochs", "20"]
 
     reference = run_cli([*args, "--run-name", "reference"], env)
     assert reference.returncode == 0, reference.stderr[-3000:]

@@ -386,7 +386,12 @@ def test_bad_input(case, broken_base, group_base, tmp_path, capsys, no_network):
     new = files_under(setup.out) - before_outputs
     if setup.out == setup.bids or setup.bids in setup.out.parents:
         assert not setup.out.exists() or setup.out == setup.bids
-    allowed = re.compile(r"group/[^/]+/logs/[^/]+\.log")
+    # What a refused call may leave: its log (the group run's, or a participant call's once its
+    # checks passed), and the series cache of inputs that were read whole (group/.cache: complete
+    # files or a lock, safe to delete, docs/outputs.md)
+    allowed = re.compile(
+        r"group/[^/]+/logs/[^/]+\.log|logs/\d{8}T\d{6}_participant(_sub-[^_/]+)?_\d+\.log|group/\.cache/[^/]+"
+    )
     assert not [name for name in new if not allowed.fullmatch(name)], f"left behind: {sorted(new)}"
     if not case.id.startswith("atlas-"):  # an absent atlas may be looked for online (atlases.py)
         assert not no_network, f"tried to connect: {no_network}"
