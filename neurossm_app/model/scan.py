@@ -105,6 +105,25 @@ def selective_scan(
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
+def compile_cpu_kernels(dtype: torch.dtype = torch.float32) -> None:
+    """Compile the ``cpu`` back end's kernels for ``dtype`` now, or load them from numba's disk cache.
+
+    A forward and backward of a tiny scan (every optional input given). The first scan of a
+    process pays this otherwise: about 25 s per dtype on this project's 2-core machine when the
+    cache is cold (docs/performance.md, "Test suite"); ``make venv`` runs it for both dtypes.
+    """
+    generator = torch.Generator().manual_seed(0)
+
+    def tensor(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=generator, dtype=dtype).requires_grad_()
+
+    u, delta, z = tensor(1, 2, 3), tensor(1, 2, 3), tensor(1, 2, 3)
+    A, B, C = -tensor(2, 4).exp(), tensor(1, 4, 3), tensor(1, 4, 3)
+    D, delta_bias = tensor(2), tensor(2)
+    out = selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True, backend="cpu")
+    out.sum().backward()
+
+
 def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
     if u.dim() != 3 or delta.shape != u.shape:
         raise ValueError(
