@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 
-.PHONY: venv demo demo-hcp test test-min lint clean
+.PHONY: venv demo demo-atlas demo-hcp test test-min lint clean
 
 venv: $(STAMP)
 
