@@ -14,8 +14,8 @@ def frozen_heap() -> Iterator[None]:
     nipype's MultiProc runs a full ``gc.collect()`` before each submission, and nilearn one per
     image it reads (``safe_get_data``: every glass brain, every atlas read). With pybids, pandas,
     nipype or torch loaded, the heap holds some 300,000 objects and each collection takes
-    0.2-1 s, so a group report of 7 glass brains spent 18 of its 53 s collecting (cProfile,
-    docs/performance.md). Frozen objects are skipped by collections, in forked workers too; the
+    0.2-1 s: a 4-class group report took 29-30 s, and 15-20 s with the heap frozen
+    (docs/performance.md, "Test suite"). Frozen objects are skipped by collections, in forked workers too; the
     process gets them back, collectable again, when the block ends, even on an exception.
     """
     gc.freeze()

@@ -93,14 +93,7 @@ def parcellate(image, atlas_img, indices: np.ndarray) -> np.ndarray:
     values = np.asarray(resampled.dataobj, dtype=np.float64).ravel()
     labels = np.asarray(atlas_img.dataobj).astype(np.int64).ravel()
     values = np.where(np.isfinite(values), values, 0.0)
-    size = max(int(labels.max()), int(np.max(indices))) + 1
-    sums = np.bincount(labels, weights=values, minlength=size)
-    counts = np.bincount(labels, minlength=size)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = sums / counts
-    out = means[np.asarray(indices)]
-    out[counts[np.asarray(indices)] == 0] = np.nan
-    return out
+    return _label_means(labels, [values], indices)[0]
 
 
 def roi_centroids(atlas_img, indices: np.ndarray) -> np.ndarray:
@@ -119,19 +112,29 @@ def roi_centroids(atlas_img, indices: np.ndarray) -> np.ndarray:
         NaN rows for ROIs without a voxel.
     """
     labels = np.asarray(atlas_img.dataobj).astype(np.int64)
-    size = max(int(labels.max()), int(np.max(indices))) + 1
-    flat = np.clip(labels, 0, None).ravel()
-    counts = np.bincount(flat, minlength=size)
-    sums = []
-    for axis, length in enumerate(labels.shape):  # one voxel-index axis at a time (1 mm atlases are big)
+
+    def voxel_index(axis: int) -> np.ndarray:  # one axis at a time: 1 mm atlases are big
         shape = [1, 1, 1]
-        shape[axis] = length
-        index = np.broadcast_to(np.arange(length, dtype=np.float64).reshape(shape), labels.shape)
-        sums.append(np.bincount(flat, weights=index.ravel(), minlength=size))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.stack(sums) / counts
-    ijk = means[:, np.asarray(indices)]  # (3, R) voxel coordinates
+        shape[axis] = labels.shape[axis]
+        return np.broadcast_to(np.arange(labels.shape[axis], dtype=np.float64).reshape(shape), labels.shape)
+
+    flat = np.clip(labels, 0, None).ravel()
+    ijk = _label_means(flat, (voxel_index(axis).ravel() for axis in range(3)), indices)  # (3, R) voxels
     return (atlas_img.affine[:3, :3] @ ijk + atlas_img.affine[:3, 3:]).T
+
+
+def _label_means(labels: np.ndarray, weights, indices: np.ndarray) -> np.ndarray:
+    """(K, R) mean of each of K per-voxel arrays over the voxels of label ``indices[r]``.
+
+    ``labels`` is the flat (V,) non-negative label image, ``weights`` an iterable of (V,) arrays
+    (consumed one at a time). NaN for a label with no voxel.
+    """
+    size = max(int(labels.max()), int(np.max(indices))) + 1
+    counts = np.bincount(labels, minlength=size)
+    sums = np.stack([np.bincount(labels, weights=w, minlength=size) for w in weights])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / counts
+    return means[:, np.asarray(indices)]
 
 
 def top_mask(values: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndarray:

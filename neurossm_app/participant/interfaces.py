@@ -59,17 +59,9 @@ class ExtractRun(SimpleInterface):
 
     def _run_interface(self, runtime):
         files = extract.extract_run(
-            self.inputs.bold_file,
-            self.inputs.mask_file,
-            self.inputs.atlas_file,
-            self.inputs.indices,
-            self.inputs.names,
-            self.inputs.repetition_time,
-            CleaningSettings(**self.inputs.settings),
-            runtime.cwd,
+            mask_file=self.inputs.mask_file,
             n_threads=self.inputs.n_threads,
-            # the file the run was found with (fmriprep.py), not looked up again beside the BOLD
-            confounds_file=self.inputs.confounds_file if isdefined(self.inputs.confounds_file) else None,
+            **_run_arguments(self.inputs, runtime),
         )
         self._results.update({name: str(path) for name, path in files._asdict().items()})
         return runtime
@@ -84,18 +76,24 @@ class ExtractCiftiRun(SimpleInterface):
     def _run_interface(self, runtime):
         from neurossm_app.participant.cifti import extract_cifti_run
 
-        files = extract_cifti_run(
-            self.inputs.bold_file,
-            self.inputs.atlas_file,
-            self.inputs.indices,
-            self.inputs.names,
-            self.inputs.repetition_time,
-            CleaningSettings(**self.inputs.settings),
-            runtime.cwd,
-            confounds_file=self.inputs.confounds_file if isdefined(self.inputs.confounds_file) else None,
-        )
+        files = extract_cifti_run(**_run_arguments(self.inputs, runtime))
         self._results.update({name: str(path) for name, path in files._asdict().items()})
         return runtime
+
+
+def _run_arguments(inputs, runtime) -> dict:
+    """The arguments both extraction functions take, from a :class:`_RunInputSpec`'s inputs."""
+    return {
+        "bold_file": inputs.bold_file,
+        "atlas_file": inputs.atlas_file,
+        "indices": inputs.indices,
+        "names": inputs.names,
+        "repetition_time": inputs.repetition_time,
+        "settings": CleaningSettings(**inputs.settings),
+        "out_dir": runtime.cwd,
+        # the file the run was found with (fmriprep.py), not looked up again beside the BOLD
+        "confounds_file": inputs.confounds_file if isdefined(inputs.confounds_file) else None,
+    }
 
 
 class _DerivativesSinkInputSpec(BaseInterfaceInputSpec):
