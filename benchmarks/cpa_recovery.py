@@ -44,7 +44,8 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     from neurossm_app.cli import main as neurossm_app
     from neurossm_app.synthetic.atlas import install_atlases
-    from tests.test_cpa_end_to_end import planted_recovery, write_dataset
+    from neurossm_app.synthetic.recovery import planted_recovery
+    from tests.test_cpa_end_to_end import write_dataset
 
     install_atlases(work / "atlases")
     rows = []

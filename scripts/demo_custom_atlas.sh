@@ -18,7 +18,7 @@ export NILEARN_DATA="$demo/data/sourcedata/atlases/nilearn_data"
 
 echo "== 2/3 participant level: -d atlases=$demo/atlases --atlas Synth100 (label image + index/name TSV)"
 neurossm-app "$demo/data" "$demo/out" participant -w "$demo/work" --nprocs 2 --skip-bids-validation \
-    -d atlases="$demo/atlases" --atlas Synth100
+    -d atlases="$demo/atlases" --atlas Synth100 --low-pass none  # keeps motor's and wm's fast bursts
 
 echo "== 3/3 group level: NeuroSSM on the 100 ROIs (the only atlas in OUTPUT_DIR), 3-fold cross-validation of the task"
 neurossm-app "$demo/data" "$demo/out" group --preset hcp-task --dynamic-length 120 \

@@ -17,10 +17,12 @@ export TEMPLATEFLOW_HOME="$demo/hcp/sourcedata/atlases/templateflow"
 export NILEARN_DATA="$demo/hcp/sourcedata/atlases/nilearn_data"
 
 echo "== 2/4 participant level, volumes: MNI152NLin6Asym, Schaefer-400, 36P from HCP's own files"
-neurossm-app "$demo/hcp" "$demo/out" participant --input-type hcp -w "$demo/work" --nprocs 2
+# no low-pass: it would remove motor's and wm's fast bursts (docs/usage.md, "Planted effects")
+neurossm-app "$demo/hcp" "$demo/out" participant --input-type hcp -w "$demo/work" --nprocs 2 --low-pass none
 
 echo "== 3/4 participant level, grayordinates: --space fsLR, the fsLR Schaefer-400 dlabel"
-neurossm-app "$demo/hcp" "$demo/out-fslr" participant --input-type hcp --space fsLR -w "$demo/work" --nprocs 2
+neurossm-app "$demo/hcp" "$demo/out-fslr" participant --input-type hcp --space fsLR -w "$demo/work" --nprocs 2 \
+    --low-pass none
 
 echo "== 4/4 group level on the grayordinates: hcp-task, 3-fold cross-validation"
 neurossm-app "$demo/hcp" "$demo/out-fslr" group --preset hcp-task --dynamic-length 120 \

@@ -45,6 +45,7 @@ from neurossm_app.group.cpa import load_cpa
 from neurossm_app.synthetic.atlas import schaefer_names
 from neurossm_app.synthetic.effects import planted_effects, truth_record
 from neurossm_app.synthetic.neurosynth import write_neurosynth_database
+from neurossm_app.synthetic.recovery import planted_recovery
 
 TASKS = ("language", "motor", "wm")  # tasks with a planted effect
 CLASSES = (*TASKS, "rest")  # written in this order; the group level sorts the labels
@@ -162,33 +163,6 @@ def test_cpa_files_per_held_out_scan(analysed):
         str(arrays["true_label"]) in CLASSES and int(arrays["seed"]) == 0 and int(arrays["fold"]) in range(5)
     )
     assert arrays["cpa"].shape == (len(names),) and arrays["dominant_pathway"].shape == (len(names),)
-
-
-def planted_recovery(run: Path, truth: dict) -> pd.DataFrame:
-    """Per effect class: how CPA's class map treats the planted ROIs.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Index: class. Columns: ``signal`` ("raw"/"diff"), ``in_top25`` (fraction of the planted
-        ROIs in the CPA top-25% mask), ``n_top25`` (size of the mask), ``dominant`` (dict
-        pathway -> number of planted ROIs it dominates), ``in_own_pathway`` (all of them
-        dominated by a pathway of the effect's signal), ``partial_r`` (Neurosynth score).
-    """
-    scores = read_tsv(run / "maps" / f"{PREFIX}_desc-neurosynthReference_scores.tsv").set_index("class")
-    rows = {}
-    for task, effect in truth.items():
-        rois = read_tsv(run / "maps" / f"{PREFIX}_label-{task}_desc-cpa_rois.tsv").set_index("roi")
-        dominant = rois.loc[effect["rois"], "dominant_pathway"]
-        rows[task] = {
-            "signal": effect["signal"],
-            "in_top25": rois.loc[effect["rois"], "cpa_top25"].mean(),
-            "n_top25": int(rois["cpa_top25"].sum()),
-            "dominant": dominant.value_counts().to_dict(),
-            "in_own_pathway": bool(dominant.str.startswith(f"{effect['signal']}_").all()),
-            "partial_r": scores.loc[task, "partial_r"],
-        }
-    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def test_planted_rois_in_top_quarter_and_in_their_pathway(analysed):
@@ -320,6 +294,7 @@ def test_group_report_renders_every_section(analysed, tmp_path):
     for heading in (
         "Dataset", "Performance", "Confusion matrices", "ROC curves", "Learning curves",
         "Calibrated pathway weights", "CPA and Neurosynth reference maps", "Reference scores",
+        "How to read these results, and what CPA does not show",
     ):  # fmt: skip
         assert heading in page.headings
     # metrics, confusion, ROC, learning curves, pathway weights, then a CPA glass brain per
@@ -331,3 +306,31 @@ def test_group_report_renders_every_section(analysed, tmp_path):
     # p at the precision of 500 surrogates (1/501 reads "< 0.01", never 0.0020), the null named
     assert "< 0.01" in page.text and "BrainSMASH" in page.text and "0.0020" not in page.text
     assert "Provenance" in page.headings and "correctly classified held-out scans" in page.text
+    assert "recognised by elimination" in page.text  # what CPA does not show, said on the page
+
+
+def test_recovery_table_that_the_demo_prints(analysed, tmp_path, capsys):
+    """``python -m neurossm_app.synthetic.recovery``, which ends ``make demo``, on this run: every
+    class meets the checks (exit 0); told that language's effect sits in the ROIs its map ranks
+    lowest, language fails them and the exit code says so (1)."""
+    from neurossm_app.synthetic.recovery import main as recovery
+
+    run, *_ = analysed
+    record = truth_record(planted_effects(list(TASKS)), {"tasks": list(TASKS)})
+    truth_file = tmp_path / "sourcedata" / "synthetic_truth.json"
+    truth_file.parent.mkdir()
+    truth_file.write_text(json.dumps(record))
+    assert recovery([str(tmp_path), str(run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[1:4]] == list(TASKS)
+    assert all(line.endswith("  met") for line in lines[1:4]), lines
+    assert "500 brainsmash null maps" in lines[4]
+
+    language = record["atlases"]["schaefer400"]["targets"]["task"]["language"]
+    rois = read_tsv(run / "maps" / f"{PREFIX}_label-language_desc-cpa_rois.tsv")
+    language["rois"] = rois.nsmallest(len(language["rois"]), "cpa")["roi"].tolist()
+    truth_file.write_text(json.dumps(record))
+    assert recovery([str(tmp_path), str(run)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("language") and " 0 of 16 (0%)" in lines[1] and lines[1].endswith("NOT met")
+    assert all(line.endswith("  met") for line in lines[2:4]), lines

@@ -21,7 +21,7 @@ from neurossm_app.files import read_tsv
 from tests.conftest import make_synthetic
 from tests.test_reliability_common import TINY_GROUP, files_under, no_network_env, run_cli, start_cli
 
-N_SUBJECTS = 8
+N_SUBJECTS = 4  # two share a -w, two have their own: both cases, on the suite's two cores
 N_VOLUMES = 60
 
 
@@ -38,11 +38,11 @@ def _wait_all(processes, timeout: float = 400) -> list[int]:
 
 
 def _start_participants(ds: Path, out: Path, env: dict, root: Path):
-    """Eight participant processes at once: sub-01..04 share one -w, sub-05..08 have their own."""
+    """A participant process per subject, all at once: sub-01..02 share one -w, sub-03..04 have their own."""
     processes, logs = [], []
     for index in range(1, N_SUBJECTS + 1):
         label = f"{index:02d}"
-        work = root / "work_shared" if index <= 4 else root / f"work_{label}"
+        work = root / "work_shared" if index <= N_SUBJECTS // 2 else root / f"work_{label}"
         log = root / f"participant_{label}.log"
         args = [
             ds,
@@ -83,7 +83,7 @@ def _check_participant_outputs(out: Path) -> None:
 
 
 def test_parallel_participants_then_parallel_group_units(tmp_path, atlas_cache):
-    """One test (one xdist worker): eight participant processes, then two group units, then aggregation."""
+    """One test (one xdist worker): four participant processes, then two group units, then aggregation."""
     ds = make_synthetic(tmp_path / "ds", atlas_cache, subjects=N_SUBJECTS, volumes=N_VOLUMES, seed=11)
     out = tmp_path / "out"
     env, netlog = no_network_env(atlas_cache, tmp_path)

@@ -135,6 +135,40 @@ def scores_section(scores: pd.DataFrame, analysis: dict) -> Section:
     return section.table(table)
 
 
+def reading_section() -> Section:
+    """How to read each CPA number, and what CPA does not show (docs/cpa.md has the long form)."""
+    section = Section("How to read these results, and what CPA does not show", "cpa-reading")
+    section.text(
+        "CPA score (per ROI, positive, sums to 1 over the ROIs of a class): the share of the trained "
+        "models' evidence for that class that comes from the ROI's time series (gradient x input of the "
+        "class logit, calibrated by the pathway weights), averaged over the scans shown and over every "
+        "fold and seed. A high score means the models' decision leans on that ROI; the top 25% are the "
+        "ROIs with the highest scores."
+    )
+    section.text(
+        "Pathway weights and dominant pathway: which of the model's inputs carried the evidence. raw_sK "
+        "reads the z-scored signal at temporal scale K (slow changes and levels within the scan), diff_sK "
+        "its first temporal difference (fast changes). They follow the signal, not the label: an effect "
+        "that survives a 0.1 Hz low-pass is usually read by the raw pathways."
+    )
+    section.text(
+        "Partial r: the spatial correlation, over ROIs, between a class's CPA map and its Neurosynth "
+        "reference map, after regressing out the other classes' mean maps; near 0 for unrelated maps. "
+        "p: how often a null map does as well (one-sided; see the null above). Dice: the overlap of "
+        "the two top-25% masks (0.25 is what two unrelated masks of that size share on average)."
+    )
+    section.text(
+        "What CPA does not show: where the brain responds (it explains the models, not the data; a "
+        "region the models could ignore because another carried the same information gets a low score); "
+        "causes; the sign of an effect (scores are magnitudes); anything that per-scan z-scoring removes, "
+        "such as a change of a ROI's amplitude alone; or per-subject maps one can trust (the class maps "
+        "average many scans and models, and one small model's map is noisy). A class that the models "
+        "recognise by the absence of the other classes' effects gets a map like the union of theirs: "
+        "read it as recognised by elimination, not as that class's anatomy."
+    )
+    return section
+
+
 def cpa_sections(run_dir: Path) -> list[Section]:
     """Sections for the CPA outputs of ``run_dir``; none when the analysis was not run."""
     cpa_dir, maps_dir = run_dir / "cpa", run_dir / "maps"
@@ -165,4 +199,4 @@ def cpa_sections(run_dir: Path) -> list[Section]:
     scores_files = sorted(maps_dir.glob("*_desc-neurosynthReference_scores.tsv")) if maps_dir.is_dir() else []
     if scores_files:
         sections.append(scores_section(read_tsv(scores_files[0]), analysis))
-    return sections
+    return [*sections, reading_section()]

@@ -35,7 +35,8 @@ Ground truth (``sourcedata/synthetic_truth.json``)::
 
 Classes without an effect have no entry (e.g. task ``rest``); the ``task`` target only exists
 with two or more tasks. ``signal`` names the NeuroSSM pathway where the effect lives: ``raw`` for
-a 0.03-0.06 Hz oscillation, ``diff`` for sparse sharp-edged bursts.
+a 0.015-0.03 Hz oscillation, ``diff`` for sparse 3-volume alternating-sign bursts (removed by a
+0.1 Hz low-pass: keep them with the participant level's ``--low-pass none``).
 """
 
 from neurossm_app.synthetic.cli import main

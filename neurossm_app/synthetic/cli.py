@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from neurossm_app.argtypes import BidsAppParser
+from neurossm_app.argtypes import BidsAppParser, positive_int
 from neurossm_app.synthetic.dataset import SyntheticDatasetError, make_dataset
 
 
@@ -64,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     other = parser.add_argument_group("other")
     other.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     other.add_argument(
+        "--nprocs",
+        type=positive_int,
+        default=os.cpu_count() or 1,
+        help="participants simulated and written at once; the files are the same for any number "
+        "(default: the CPU count)",
+    )
+    other.add_argument(
         "--atlas-cache",
         "--atlas_cache",
         dest="atlas_cache",
@@ -111,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             force=options.force,
             layout=options.layout,
             cifti=options.cifti,
+            nprocs=options.nprocs,
         )
     except SyntheticDatasetError as error:
         sys.stderr.write(f"neurossm-synth: error: {error}\n")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import shutil
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +143,7 @@ def make_dataset(
     force: bool = False,
     layout: str = "fmriprep",
     cifti: bool = False,
+    nprocs: int = 1,
 ) -> Path:
     """Write a synthetic raw BIDS dataset with fMRIPrep derivatives, atlases and ground truth.
 
@@ -168,6 +172,9 @@ def make_dataset(
         ``out_dir`` (``<subject>/MNINonLinear/Results/<run>``, :mod:`.hcp_layout`).
     cifti : bool
         Also write each run's fsLR grayordinates (a dtseries on :mod:`.surface`'s small mesh).
+    nprocs : int
+        Processes that simulate and write participants at once (forked); the files are the same
+        for any number.
 
     Returns
     -------
@@ -185,7 +192,7 @@ def make_dataset(
     with threadpool_limits(limits=1):
         return _make_dataset(
             out_dir, subjects, list(tasks), runs, volumes, tr, voxel_size, seed, atlas_cache, sessions, force,
-            layout, cifti,
+            layout, cifti, nprocs,
         )  # fmt: skip
 
 
@@ -203,6 +210,7 @@ def _make_dataset(
     force: bool,
     layout: str = "fmriprep",
     cifti: bool = False,
+    nprocs: int = 1,
 ) -> Path:
     out_dir = Path(out_dir).absolute()
     _check_options(subjects, tasks, runs, volumes, tr, voxel_size, sessions)
@@ -225,18 +233,18 @@ def _make_dataset(
     writer = _RunWriter(out_dir, anatomy, voxel_size, tr, layout, cifti)
     session_labels: list[str | None] = list(sessions) if sessions else [None]
 
-    for _, row in participants.iterrows():
-        subject = row["participant_id"].removeprefix("sub-")
-        subject_rng = np.random.default_rng([seed, int(subject)])
-        weights = motion_weights(anatomy, subject_rng)
-        scales = {(effect.target, effect.label): float(subject_rng.uniform(0.8, 1.2)) for effect in effects}
-        writer.subject(subject, session_labels)
-        for key in _run_keys(subject, session_labels, tasks, runs):
-            bold, motion = simulate_run(
-                anatomy, weights, _run_effects(effects, row, key.task, scales), subject_rng, volumes, tr
-            )
-            writer.run(key, bold, motion)
-            del bold
+    write_participants = partial(
+        _write_participants,
+        writer=writer, effects=effects, sessions=session_labels, tasks=tasks, runs=runs, volumes=volumes,
+        seed=seed,
+    )  # fmt: skip
+    rows = [row for _, row in participants.iterrows()]
+    workers = max(1, min(nprocs, len(rows)))
+    if workers == 1:
+        write_participants(rows)
+    else:  # each subject has its own random stream: the files do not depend on the workers
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            list(pool.map(write_participants, [rows[k::workers] for k in range(workers)]))
 
     parameters = {
         "subjects": subjects,
@@ -255,6 +263,32 @@ def _make_dataset(
     # A Neurosynth-format database for `group --analysis --neurosynth-dir OUT_DIR/sourcedata/neurosynth`.
     write_neurosynth_database(out_dir / "sourcedata" / "neurosynth", truth, seed=seed)
     return out_dir
+
+
+def _write_participants(
+    rows: list[pd.Series],
+    *,
+    writer: _RunWriter,
+    effects: list[Effect],
+    sessions: list[str | None],
+    tasks: list[str],
+    runs: int,
+    volumes: int,
+    seed: int,
+) -> None:
+    """Simulate and write every run of these participants (rows of ``participants.tsv``)."""
+    anatomy = writer.anatomy
+    for row in rows:
+        subject = row["participant_id"].removeprefix("sub-")
+        subject_rng = np.random.default_rng([seed, int(subject)])
+        weights = motion_weights(anatomy, subject_rng)
+        scales = {(effect.target, effect.label): float(subject_rng.uniform(0.8, 1.2)) for effect in effects}
+        writer.subject(subject, sessions)
+        for key in _run_keys(subject, sessions, tasks, runs):
+            run_effects = _run_effects(effects, row, key.task, scales)
+            bold, motion = simulate_run(anatomy, weights, run_effects, subject_rng, volumes, writer.tr)
+            writer.run(key, bold, motion)
+            del bold
 
 
 class _RunWriter:

@@ -5,13 +5,19 @@ whole synthetic Schaefer parcels (see :mod:`neurossm_app.synthetic.atlas`), the 
 named once per atlas in the truth file. Two kinds of effect:
 
 ``slow``
-    A sinusoid at 0.03-0.06 Hz (random per run): lives in the raw signal (``"signal": "raw"``).
+    A sinusoid at 0.015-0.03 Hz (random per run): lives in the raw signal (``"signal": "raw"``).
 ``transient``
-    Sparse 4-8 s plateaus with sharp ~2-TR edges: meant for the first temporal difference
-    (``"signal": "diff"``) and still survive a 0.01-0.1 Hz band-pass. A plateau that survives a
+    Sparse 4-8 s plateaus with sharp ~2-TR edges (``"signal": "diff"``), made to survive a
+    0.01-0.1 Hz band-pass: the sex and group targets' second kind. A plateau that survives a
     0.1 Hz low-pass is about as visible in the raw signal, and CPA of a trained NeuroSSM mostly
-    credits these to raw pathways; the CPA end-to-end test plants faster bursts for that
-    reason (docs/cpa.md, "What CPA recovers on synthetic data").
+    credits these to raw pathways.
+``burst``
+    Sparse 3-volume alternating-sign bursts (+1, -1, +1), one every 6-14 volumes: they live in
+    the first temporal difference (``"signal": "diff"``), and the task effects that are not slow
+    are bursts. Near the Nyquist frequency, they are a test pattern for the difference pathways
+    rather than a haemodynamic response, and a 0.01-0.1 Hz band-pass removes most of them: run
+    the participant level with ``--low-pass none`` to keep them (``make demo`` does; docs/cpa.md,
+    "What CPA recovers on synthetic data").
 """
 
 from __future__ import annotations
@@ -28,10 +34,12 @@ from neurossm_app.synthetic.atlas import (
     schaefer_names,
 )
 
-SIGNAL_OF_KIND = {"slow": "raw", "transient": "diff"}
-#: Effect size in BOLD units (baseline ~1000; ROI-level background noise SD ~10). Strong enough
-#: that a small NeuroSSM separates about 24-40 subjects after 36P cleaning (docs/performance.md).
-AMPLITUDE = {"slow": 28.0, "transient": 44.0}
+SIGNAL_OF_KIND = {"slow": "raw", "transient": "diff", "burst": "diff"}
+#: Effect size in BOLD units (baseline ~1000; ROI-level background noise SD ~10): the sinusoid's
+#: amplitude, a plateau's height, a burst's peak. Strong enough that a small NeuroSSM separates
+#: 12 subjects x 4 tasks after 36P cleaning without a low-pass (``make demo``), and 16-40
+#: subjects by sex after a band-pass (docs/performance.md).
+AMPLITUDE = {"slow": 28.0, "transient": 44.0, "burst": 20.0}
 
 #: target -> class -> (kind, cortical AAL3v1 regions). Classes absent here carry no effect.
 PLANTED_EFFECTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
@@ -46,13 +54,13 @@ PLANTED_EFFECTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
 }
 #: The seven HCP tasks get plausible regions; other task names get unused regions (see task_effect).
 TASK_EFFECTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "motor": ("transient", ("Precentral_L", "Postcentral_L", "Precentral_R")),
+    "motor": ("burst", ("Precentral_L", "Postcentral_L", "Precentral_R")),
     "language": ("slow", ("Temporal_Sup_L", "Frontal_Inf_Oper_L", "Temporal_Pole_Mid_L")),
-    "wm": ("transient", ("Frontal_Mid_2_L", "Frontal_Mid_2_R", "Parietal_Inf_L")),
+    "wm": ("burst", ("Frontal_Mid_2_L", "Frontal_Mid_2_R", "Parietal_Inf_L")),
     "emotion": ("slow", ("Fusiform_R", "OFClat_R", "Temporal_Inf_R")),
-    "gambling": ("transient", ("OFCmed_L", "Frontal_Med_Orb_R", "ACC_pre_L")),
+    "gambling": ("burst", ("OFCmed_L", "Frontal_Med_Orb_R", "ACC_pre_L")),
     "relational": ("slow", ("Frontal_Sup_2_L", "Frontal_Sup_2_R", "Parietal_Inf_R")),
-    "social": ("transient", ("SupraMarginal_R", "Temporal_Mid_R", "Temporal_Pole_Sup_R")),
+    "social": ("burst", ("SupraMarginal_R", "Temporal_Mid_R", "Temporal_Pole_Sup_R")),
 }
 #: Tasks that carry no effect of their own (the baseline class of a task classifier).
 BASELINE_TASKS = frozenset({"rest"})
@@ -66,7 +74,7 @@ class Effect:
     ----------
     target, label : str
         e.g. ``("sex", "F")`` or ``("task", "motor")``.
-    kind : {"slow", "transient"}
+    kind : {"slow", "transient", "burst"}
     aal_regions : tuple of str
         Cortical AAL3v1 region names.
     schaefer_parcels : tuple of int
@@ -104,7 +112,7 @@ def task_effect(task: str) -> tuple[str, tuple[str, ...]] | None:
     free = sorted(set(regions.loc[regions["kind"] == "cortex", "name"]) - _used_regions())
     rng = np.random.default_rng(zlib.crc32(task.encode()))
     picked = tuple(sorted(rng.choice(free, size=3, replace=False).tolist()))
-    kind = ("slow", "transient")[zlib.crc32(task.encode()) % 2]
+    kind = ("slow", "burst")[zlib.crc32(task.encode()) % 2]
     return kind, picked
 
 

@@ -19,7 +19,10 @@ STD_DVARS_OUTLIER = 1.5
 COSINE_CUTOFF_S = 128.0
 MOTION_NAMES = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 #: Band of the planted slow oscillation (Hz): inside a 0.01-0.1 Hz band-pass.
-SLOW_BAND_HZ = (0.03, 0.06)
+SLOW_BAND_HZ = (0.015, 0.03)
+#: The planted "diff"-pathway burst, and the range of volumes from one burst's onset to the next.
+BURST_PATTERN = (1.0, -1.0, 1.0)
+BURST_GAP_VOLS = (6, 15)  # numpy's integers(6, 15): 6 to 14
 
 
 def smooth_noise(rng: np.random.Generator, n_series: int, n_vols: int, sigma_vols: float) -> np.ndarray:
@@ -110,21 +113,46 @@ def slow_oscillation(n_vols: int, tr: float, frequency_hz: float, phase: float) 
     return np.sin(2.0 * np.pi * frequency_hz * seconds + phase)
 
 
-def transient_bursts(rng: np.random.Generator, n_vols: int, tr: float) -> np.ndarray:
-    """Sparse short plateaus with sharp (about 2-TR) edges: the planted "diff"-pathway effect.
+def transient_bursts(rng: np.random.Generator, n_vols: int) -> np.ndarray:
+    """Sparse 3-volume alternating-sign bursts: the planted ``burst`` ("diff"-pathway) effect.
 
-    Each burst lasts 4-8 s, so it survives a 0.01-0.1 Hz band-pass, while its onsets and offsets
-    are steps that dominate the first temporal difference. About one burst every 20 s.
+    A burst is ``BURST_PATTERN`` (+1, -1, +1 over three volumes); the first starts within the
+    first 5 volumes and each next one 6-14 volumes later. Their energy sits near the Nyquist
+    frequency, where the first temporal difference doubles a signal while it shrinks the slow
+    background several times, so the difference pathways see them best. They are a test pattern
+    for those pathways, not a haemodynamic response: a 0.01-0.1 Hz band-pass removes most of
+    them, and the participant level keeps them with ``--low-pass none``.
 
     Returns
     -------
     numpy.ndarray, shape (n_vols,)
-        0 at rest, about 1 inside a burst.
+        0 between bursts.
+    """
+    wave = np.zeros(n_vols)
+    onset = int(rng.integers(0, 5))
+    while onset + len(BURST_PATTERN) <= n_vols:
+        wave[onset : onset + len(BURST_PATTERN)] = BURST_PATTERN
+        onset += int(rng.integers(*BURST_GAP_VOLS))
+    return wave
+
+
+def transient_plateaus(rng: np.random.Generator, n_vols: int, tr: float) -> np.ndarray:
+    """Sparse 4-8 s plateaus with sharp (about 2-TR) edges: the planted ``transient`` effect.
+
+    Each plateau survives a 0.01-0.1 Hz band-pass, while its onsets and offsets are steps that
+    show in the first temporal difference. About one every 20 s. CPA of a trained NeuroSSM
+    mostly credits them to raw pathways (docs/cpa.md); :func:`transient_bursts` is the effect
+    made for the difference pathways.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_vols,)
+        0 at rest, about 1 inside a plateau.
     """
     boxcar = np.zeros(n_vols)
     seconds = n_vols * tr
-    n_bursts = max(2, int(round(seconds / 20.0)))
-    onsets = np.sort(rng.uniform(0.0, max(seconds - 8.0, tr), n_bursts))
+    n_plateaus = max(2, int(round(seconds / 20.0)))
+    onsets = np.sort(rng.uniform(0.0, max(seconds - 8.0, tr), n_plateaus))
     for onset in onsets:
         duration = rng.uniform(4.0, 8.0)
         first, last = int(onset / tr), int(np.ceil((onset + duration) / tr))

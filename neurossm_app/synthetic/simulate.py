@@ -23,6 +23,7 @@ from neurossm_app.synthetic.signals import (
     slow_oscillation,
     smooth_noise,
     transient_bursts,
+    transient_plateaus,
 )
 
 #: Tissue baselines (BOLD units) and voxel white-noise SDs.
@@ -148,7 +149,9 @@ def effect_waveform(effect: Effect, rng: np.random.Generator, n_vols: int, tr: f
     if effect.kind == "slow":
         frequency = rng.uniform(*SLOW_BAND_HZ)
         return slow_oscillation(n_vols, tr, frequency, rng.uniform(0.0, 2.0 * np.pi))
-    return transient_bursts(rng, n_vols, tr)
+    if effect.kind == "transient":
+        return transient_plateaus(rng, n_vols, tr)
+    return transient_bursts(rng, n_vols)
 
 
 def simulate_run(
