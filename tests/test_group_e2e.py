@@ -19,7 +19,7 @@ def test_synthetic_dataset_through_both_levels(rest_dataset, participant_outputs
     out = tmp_path / "out"
     shutil.copytree(participant_outputs, out)  # the session fixture stays untouched
     group = [
-        str(rest_dataset), str(out), "group", "--dynamic-length", "80", "--epochs", "3",
+        str(rest_dataset), str(out), "group", "--dynamic-length", "80", "--epochs", "5",
         "--batch-size", "2", "--d-model", "16", "--n-layers", "1", "--d-state", "8", "--scales", "1", "2",
         "--folds", "2", "--seeds", "0", "--omp-nthreads", "1",
         # the training settings this test was measured with (issue 24 changed the defaults)
@@ -35,11 +35,13 @@ def test_synthetic_dataset_through_both_levels(rest_dataset, participant_outputs
     assert len(metrics) == 2 * 2
     check_metrics_are_those_of_the_predictions(run, metrics, subjects={"01", "02", "03", "04"})
     # Four subjects cannot support an above-chance held-out accuracy (measured: 0.5 in both folds,
-    # the chance level), but every unit fits its two training scans: the loss falls from about
-    # 0.8-1.0 to 0.1-0.2 in three epochs (measured), so it at least halves.
+    # the chance level), but every unit fits its two training scans: within five epochs both are
+    # classified right and the loss falls to under half its first value (measured: from 0.67-1.11
+    # to 0.20-0.24 at its lowest; one window per step, with dropout, so the last epoch is noisy).
     for history in sorted(run.glob("units/*/history.tsv")):
-        loss = read_tsv(history)["loss"]
-        assert loss.iloc[-1] < 0.5 * loss.iloc[0], f"{history.parent.name}: training loss {list(loss)}"
+        table, unit = read_tsv(history), history.parent.name
+        assert table["train_accuracy"].iloc[-1] == 1.0, f"{unit}: {table.to_dict('list')}"
+        assert table["loss"].min() < 0.5 * table["loss"].iloc[0], f"{unit}: {list(table['loss'])}"
     # A second call finds everything done (group/ is not mistaken for input) and aggregates again.
     before = (run / "metrics.tsv").read_bytes()
     assert main(group) == 0
