@@ -23,11 +23,11 @@ echo "== 2/3 participant level: Schaefer-400 ROI time series, 36P confounds, 0.0
 neurossm-app "$demo/data" "$demo/out" participant -w "$demo/work" --nprocs 2 --skip-bids-validation \
     --low-pass none
 
-# Ten small models (5 folds x 2 seeds, 25 epochs): the class maps average over them; the CPA of
-# one small model is noisy (docs/cpa.md, "What CPA recovers on synthetic data").
-echo "== 3/3 group level: NeuroSSM 5-fold cross-validation x 2 seeds, CPA vs Neurosynth, report"
+# Fifteen small models (5 folds x 3 seeds, 20 epochs): the class maps average over them; the CPA
+# of one small model is noisy (docs/cpa.md, "What CPA recovers on synthetic data").
+echo "== 3/3 group level: NeuroSSM 5-fold cross-validation x 3 seeds, CPA vs Neurosynth, report"
 neurossm-app "$demo/data" "$demo/out" group --preset hcp-task --dynamic-length 100 \
-    --folds 5 --seeds 0 1 --epochs 25 --d-model 16 --n-layers 1 --d-state 8 --scales 1 2 \
+    --folds 5 --seeds 0 1 2 --epochs 20 --d-model 16 --n-layers 1 --d-state 8 --scales 1 2 \
     --batch-size 8 --lr 1e-2 --weight-decay 0.1 --augment none --inner-val 0 --omp-nthreads 2 \
     --analysis --neurosynth-dir "$demo/data/sourcedata/neurosynth" --n-null-maps 200
 

@@ -31,7 +31,7 @@ Ground truth (``sourcedata/synthetic_truth.json``)::
          "targets": {
            "sex" | "group" | "task": {
              CLASS: {"rois": [ROI names of that atlas], "signal": "raw" | "diff",
-                     "effect": "slow" | "transient"}}}}}}
+                     "effect": "slow" | "transient" | "burst"}}}}}}
 
 Classes without an effect have no entry (e.g. task ``rest``); the ``task`` target only exists
 with two or more tasks. ``signal`` names the NeuroSSM pathway where the effect lives: ``raw`` for

@@ -155,7 +155,7 @@ def truth_record(effects: list[Effect], parameters: dict) -> dict:
          "atlases": {ATLAS: {"description": str,
                              "targets": {TARGET: {CLASS: {"rois": [ROI names of ATLAS],
                                                           "signal": "raw" | "diff",
-                                                          "effect": "slow" | "transient"}}}}}}
+                                                          "effect": "slow" | "transient" | "burst"}}}}}}
 
     ``ATLAS`` is one of ``schaefer400`` (17-network names), ``schaefer400-7n`` (7-network names
     of the same parcels) and ``aal3v2`` (AAL3v1 names); ``TARGET`` is ``sex``, ``group`` or
