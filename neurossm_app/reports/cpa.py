@@ -43,15 +43,18 @@ def weights_svg(class_means: pd.DataFrame) -> str:
 
 def glass_brain_svg(stat_map: Path, title: str, signed: bool = False) -> str:
     """A glass-brain view of an ROI-space map: a diverging colormap on a range symmetric about 0
-    for a signed map (Neurosynth z), a sequential one from 0 for a positive map (CPA)."""
+    for a signed map (Neurosynth z), a sequential one from the lowest ROI value for a positive
+    map (CPA)."""
+    import nibabel as nib
     from nilearn import plotting
 
     fig = plt.figure(figsize=(9, 2.6))
-    style = (
-        {"cmap": "RdBu_r", "plot_abs": False, "symmetric_cbar": True}
-        if signed
-        else {"cmap": "YlOrRd", "plot_abs": True, "vmin": 0}
-    )
+    if signed:
+        style = {"cmap": "RdBu_r", "plot_abs": False, "symmetric_cbar": True}
+    else:  # from the lowest ROI score: CPA maps are flat-bottomed (every ROI gets some evidence)
+        values = np.asarray(nib.load(str(stat_map)).dataobj)
+        inside = values[values > 0]
+        style = {"cmap": "YlOrRd", "plot_abs": True, "vmin": float(inside.min()) if inside.size else 0.0}
     # Outside the ROIs the map is 0: left transparent rather than painted the colormap's zero.
     style["threshold"] = 1e-9
     display = plotting.plot_glass_brain(
@@ -187,7 +190,8 @@ def cpa_sections(run_dir: Path) -> list[Section]:
             brains.heading(f"class {label}")
             brains.figure(
                 glass_brain_svg(path, f"CPA: {label}"),
-                f"Class-mean CPA score per ROI (positive, sums to 1), class {label}.",
+                f"Class-mean CPA score per ROI (positive, sums to 1; colours from the lowest ROI's score "
+                f"to the highest), class {label}.",
             )
             if label in reference_maps:
                 brains.figure(
