@@ -48,17 +48,18 @@ def glass_brain_svg(stat_map: Path, title: str, signed: bool = False) -> str:
     import nibabel as nib
     from nilearn import plotting
 
+    image = nib.load(str(stat_map))  # read once: for the colour range and for the plot
     fig = plt.figure(figsize=(9, 2.6))
     if signed:
         style = {"cmap": "RdBu_r", "plot_abs": False, "symmetric_cbar": True}
     else:  # from the lowest ROI score: CPA maps are flat-bottomed (every ROI gets some evidence)
-        values = np.asarray(nib.load(str(stat_map)).dataobj)
+        values = np.asarray(image.dataobj)
         inside = values[values > 0]
         style = {"cmap": "YlOrRd", "plot_abs": True, "vmin": float(inside.min()) if inside.size else 0.0}
     # Outside the ROIs the map is 0: left transparent rather than painted the colormap's zero.
     style["threshold"] = 1e-9
     display = plotting.plot_glass_brain(
-        str(stat_map), figure=fig, title=title, colorbar=True, display_mode="lyrz", **style
+        image, figure=fig, title=title, colorbar=True, display_mode="lyrz", **style
     )
     svg = figure_to_svg(fig)
     display.close()

@@ -55,7 +55,10 @@ def truth_classes(truth: dict, run: Path, target: str = "task") -> dict:
     dict
         Class -> ``{"rois": [...], "signal": "raw" | "diff", "effect": ...}``.
     """
-    roi_names = set(read_tsv(sorted((run / "maps").glob("*_desc-cpa_rois.tsv"))[0])["roi"])
+    roi_tables = sorted((run / "maps").glob("*_desc-cpa_rois.tsv"))
+    if not roi_tables:
+        raise FileNotFoundError(f"no *_desc-cpa_rois.tsv in {run / 'maps'}: was it made with --analysis?")
+    roi_names = set(read_tsv(roi_tables[0])["roi"])
     for atlas in truth["atlases"].values():
         classes = atlas["targets"].get(target, {})
         if classes and all(set(effect["rois"]) <= roi_names for effect in classes.values()):
@@ -88,14 +91,15 @@ def planted_recovery(run: Path, classes: dict) -> pd.DataFrame:
     rows = {}
     for label, effect in classes.items():
         rois = read_tsv(_maps_file(maps, f"_label-{label}_desc-cpa_rois.tsv")).set_index("roi")
-        dominant = rois.loc[effect["rois"], "dominant_pathway"]
+        planted = rois.loc[effect["rois"]]
+        own_pathway = planted["dominant_pathway"].str.startswith(f"{effect['signal']}_")
         rows[label] = {
             "signal": effect["signal"],
-            "in_top25": float(rois.loc[effect["rois"], "cpa_top25"].mean()),
+            "in_top25": float(planted["cpa_top25"].mean()),
             "n_top25": int(rois["cpa_top25"].sum()),
-            "dominant": dominant.value_counts().to_dict(),
-            "in_own_pathway": bool(dominant.str.startswith(f"{effect['signal']}_").all()),
-            "own_pathway_share": float(dominant.str.startswith(f"{effect['signal']}_").mean()),
+            "dominant": planted["dominant_pathway"].value_counts().to_dict(),
+            "in_own_pathway": bool(own_pathway.all()),
+            "own_pathway_share": float(own_pathway.mean()),
             **scores.loc[label, ["partial_r", "p_value", "null_model", "n_null_maps"]].to_dict(),
         }
     return pd.DataFrame.from_dict(rows, orient="index")
@@ -145,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="the group run folder, OUTPUT_DIR/group/<name>")
     parser.add_argument("--target", default="task", help="task, sex or group (default task)")
     options = parser.parse_args(argv)
-    truth = json.loads((options.dataset / "sourcedata" / "synthetic_truth.json").read_text())
     try:
+        truth = json.loads((options.dataset / "sourcedata" / "synthetic_truth.json").read_text())
         recovery = planted_recovery(options.run, truth_classes(truth, options.run, options.target))
     except (FileNotFoundError, ValueError) as error:
         sys.stderr.write(f"recovery: error: {error}\n")
