@@ -20,10 +20,11 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python scripts/compile_kernels.py  # numba's CPU scan kernels, once, into their disk cache
 	touch $(STAMP)
 
-# Two workers, each given whole test modules (--dist loadscope): a module's shared fixture (a
-# trained model, a participant run) is then built once, not once per worker.
+# Two workers, each given whole test modules (--dist loadscope), the slow ones first and the rest
+# in file order (tests/conftest.py, --no-loadscope-reorder): a module's shared fixture (a trained
+# model, a participant run) is then built once, not once per worker.
 test: $(STAMP)
-	NIPYPE_NO_ET=1 $(BIN)/python -m pytest -n 2 --dist loadscope --durations 25 tests
+	NIPYPE_NO_ET=1 $(BIN)/python -m pytest -n 2 --dist loadscope --no-loadscope-reorder --durations 25 tests
 
 # setup.cfg's floors, installed exactly in a venv of their own (build/venv-min), and a fast subset
 # of the tests on them: the declared minimum versions stay true. CI runs it after `make test`.

@@ -35,6 +35,18 @@ def pytest_configure(config):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Modules marked ``slow`` run first; the others keep their order.
+
+    ``make test`` hands whole modules to two workers in the order collected here
+    (``--dist loadscope --no-loadscope-reorder``). xdist's own order puts the modules with the
+    most tests first, and so started the one-test, three-minute sex-effect module last: one
+    worker then trained it alone while the other had nothing left to run. Started first, the
+    slow modules overlap the many short ones.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: order kept within
+
+
 @pytest.fixture(scope="session")
 def atlas_cache() -> Path:
     """The synthetic Schaefer-400 (in both templates) and AAL3v2 atlases, where TemplateFlow and
