@@ -9,8 +9,9 @@ effect, the checks of docs/cpa.md ("What CPA recovers on synthetic data"):
   null model.
 
 ``make demo`` ends with this table. It reads only what the group level wrote
-(``maps/*_desc-cpa_rois.tsv``, ``maps/*_desc-neurosynthReference_scores.tsv``) and the
-dataset's ``sourcedata/synthetic_truth.json``.
+(``summary.json`` for the atlas, then ``maps/*_desc-cpa_rois.tsv`` and
+``maps/*_desc-neurosynthReference_scores.tsv`` by the names :func:`.bids.group_map_name` gives
+them) and the dataset's ``sourcedata/synthetic_truth.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from neurossm_app.bids import group_map_name
 from neurossm_app.files import read_tsv
 
 #: What the demo must show per class (issue 19): at least this share of the planted ROIs in the
@@ -31,11 +33,20 @@ MIN_IN_TOP25 = 0.8
 MAX_P = 0.05
 
 
-def _maps_file(maps: Path, suffix: str) -> Path:
-    found = sorted(maps.glob(f"*{suffix}"))
-    if len(found) != 1:
-        raise FileNotFoundError(f"expected one *{suffix} in {maps}, found {len(found)}")
-    return found[0]
+def _run_atlas(run: Path) -> str:
+    """The atlas label of a group run's outputs (``summary.json``'s ``dataset.atlas``)."""
+    summary = run / "summary.json"
+    if not summary.is_file():
+        raise FileNotFoundError(f"{run} has no summary.json: is it a group run, OUTPUT_DIR/group/<name>?")
+    return json.loads(summary.read_text())["dataset"]["atlas"]
+
+
+def _maps_file(run: Path, atlas_label: str, class_label: str | None, desc: str, suffix: str) -> Path:
+    """A table in ``run/maps``, by the name the group level gives it (:func:`.bids.group_map_name`)."""
+    path = run / "maps" / group_map_name(atlas_label, class_label, desc, suffix, ".tsv")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: was {run} made with --analysis?")
+    return path
 
 
 def truth_classes(truth: dict, run: Path, target: str = "task") -> dict:
@@ -55,13 +66,15 @@ def truth_classes(truth: dict, run: Path, target: str = "task") -> dict:
     dict
         Class -> ``{"rois": [...], "signal": "raw" | "diff", "effect": ...}``.
     """
-    roi_tables = sorted((run / "maps").glob("*_desc-cpa_rois.tsv"))
-    if not roi_tables:
-        raise FileNotFoundError(f"no *_desc-cpa_rois.tsv in {run / 'maps'}: was it made with --analysis?")
-    roi_names = set(read_tsv(roi_tables[0])["roi"])
-    for atlas in truth["atlases"].values():
-        classes = atlas["targets"].get(target, {})
-        if classes and all(set(effect["rois"]) <= roi_names for effect in classes.values()):
+    targets = (atlas["targets"] for atlas in truth["atlases"].values())
+    candidates = [classes[target] for classes in targets if classes.get(target)]
+    if not candidates:
+        raise ValueError(f"the truth record has no effects for target {target!r}")
+    # every atlas names the same classes; the run's ROI table of one of them gives its ROI names
+    first_class = next(iter(candidates[0]))
+    roi_names = set(read_tsv(_maps_file(run, _run_atlas(run), first_class, "cpa", "rois"))["roi"])
+    for classes in candidates:
+        if all(set(effect["rois"]) <= roi_names for effect in classes.values()):
             return classes
     raise ValueError(f"no atlas of the truth record has target {target!r} with the ROI names of {run}")
 
@@ -86,11 +99,11 @@ def planted_recovery(run: Path, classes: dict) -> pd.DataFrame:
         effect's signal), ``own_pathway_share`` (the fraction that is), ``partial_r``,
         ``p_value``, ``null_model``, ``n_null_maps``.
     """
-    maps = run / "maps"
-    scores = read_tsv(_maps_file(maps, "_desc-neurosynthReference_scores.tsv")).set_index("class")
+    atlas_label = _run_atlas(run)
+    scores = read_tsv(_maps_file(run, atlas_label, None, "neurosynthReference", "scores")).set_index("class")
     rows = {}
     for label, effect in classes.items():
-        rois = read_tsv(_maps_file(maps, f"_label-{label}_desc-cpa_rois.tsv")).set_index("roi")
+        rois = read_tsv(_maps_file(run, atlas_label, label, "cpa", "rois")).set_index("roi")
         planted = rois.loc[effect["rois"]]
         own_pathway = planted["dominant_pathway"].str.startswith(f"{effect['signal']}_")
         rows[label] = {
